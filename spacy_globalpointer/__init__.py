@@ -1,0 +1,11 @@
+"""GlobalPointer nested and flat named-entity recognition for spaCy v3."""
+from .model import build_efficient_global_pointer, build_global_pointer
+from .pipe import GlobalPointer, make_global_pointer, make_global_pointer_scorer
+
+__all__ = [
+    "GlobalPointer",
+    "build_efficient_global_pointer",
+    "build_global_pointer",
+    "make_global_pointer",
+    "make_global_pointer_scorer",
+]

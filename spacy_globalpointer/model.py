@@ -1,0 +1,184 @@
+"""Thinc architectures: tok2vec -> padding -> PyTorch GlobalPointer head -> span scores."""
+from io import BytesIO
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+from spacy.tokens import Doc
+from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
+from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
+from thinc.types import Floats2d, Floats3d, Floats4d, Ints1d
+
+from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead
+
+# Without a band the head keeps types * n^2 fp32 scores per doc; past this many the
+# doc would need gigabytes, so we refuse it with advice instead of swapping or crashing.
+MAX_FULL_SCORES = 2**28
+
+
+def build_global_pointer(
+    tok2vec: Model[List[Doc], List[Floats2d]],
+    *,
+    head_size: int = 64,
+    rope: bool = True,
+    mixed_precision: bool = False,
+    grad_scaler: Optional[PyTorchGradScaler] = None,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats4d]:
+    """GlobalPointer: per-type q/k projections of `head_size`, RoPE, scaled dot products.
+
+    Returns a model that maps a batch of docs to scores of shape
+    (batch, n_labels, n_max, band); see `torch_layers` for the band layout.
+    """
+    return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO)
+
+
+def build_efficient_global_pointer(
+    tok2vec: Model[List[Doc], List[Floats2d]],
+    *,
+    head_size: int = 64,
+    rope: bool = True,
+    mixed_precision: bool = False,
+    grad_scaler: Optional[PyTorchGradScaler] = None,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats4d]:
+    """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases."""
+    return _build(
+        tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO
+    )
+
+
+def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, nO):
+    if head_size < 2 or head_size % 2:
+        raise ValueError(f"head_size must be an even number >= 2, got {head_size}.")
+    return Model(
+        "global_pointer",
+        forward,
+        init=init,
+        layers=[tok2vec],
+        refs={"tok2vec": tok2vec},
+        dims={"nI": None, "nO": nO},
+        attrs={
+            "head_class": head_class,
+            "head_size": head_size,
+            "rope": rope,
+            "mixed_precision": mixed_precision,
+            "grad_scaler": grad_scaler,
+            # Set by the pipe: spans longer than this are not candidates (None: no limit).
+            "max_span_length": None,
+        },
+    )
+
+
+def init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
+    tok2vec = model.get_ref("tok2vec")
+    if X is not None:
+        tok2vec.initialize(X=X)
+    else:
+        tok2vec.initialize()
+    if not model.has_dim("nI"):
+        model.set_dim("nI", tok2vec.get_dim("nO"))
+    build_head(model)
+
+
+def build_head(model: Model) -> None:
+    """Create the torch head once its width (nI) and label count (nO) are known.
+
+    Called by `init` when training starts and by the pipe before it loads weights,
+    so that the layer tree matches the serialized one. Does nothing if built already.
+    """
+    if model.has_ref("head"):
+        return
+    width, n_labels = model.get_dim("nI"), model.get_dim("nO")
+    torch_head = model.attrs["head_class"](
+        width, n_labels, head_size=model.attrs["head_size"], rope=model.attrs["rope"]
+    )
+    head = PyTorchWrapper_v3(
+        torch_head,
+        convert_inputs=_convert_inputs,
+        convert_outputs=_convert_outputs,
+        mixed_precision=model.attrs["mixed_precision"],
+        grad_scaler=model.attrs["grad_scaler"],
+        deserialize_model=_load_weights_only,
+    )
+    model._layers.append(head)
+    model.set_ref("head", head)
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Callable]:
+    tok2vec = model.get_ref("tok2vec")
+    head = model.get_ref("head")
+    ops = model.ops
+    Xs, backprop_tok2vec = tok2vec(docs, is_train)
+    lengths = ops.asarray1i([len(x) for x in Xs])
+    n_max = int(lengths.max()) if len(docs) else 0
+    n_labels = model.get_dim("nO")
+    if n_max == 0:
+        # Nothing to score; still run the tok2vec's backprop so listeners are satisfied.
+        def backprop_empty(d_scores: Floats4d) -> List[Doc]:
+            return backprop_tok2vec([ops.alloc2f(0, model.get_dim("nI")) for _ in docs])
+
+        return ops.alloc4f(len(docs), n_labels, 0, 0), backprop_empty
+    band = model.attrs["max_span_length"]
+    if band is None and n_labels * n_max * n_max > MAX_FULL_SCORES:
+        raise ValueError(
+            f"A doc of {n_max} tokens needs {n_labels} x {n_max}^2 span scores without a "
+            f"band, more than {MAX_FULL_SCORES} ({MAX_FULL_SCORES * 4 // 2**30} GiB). Set "
+            "`max_span_length` on the global_pointer component (e.g. 32) so that cost grows "
+            "linearly with doc length, or split the doc."
+        )
+    padded = ops.pad(Xs)  # (batch, n_max, width)
+    scores, backprop_head = head((padded, lengths, band), is_train)
+
+    def backprop(d_scores: Floats4d) -> List[Doc]:
+        d_padded = backprop_head(d_scores)
+        return backprop_tok2vec(ops.unpad(d_padded, lengths.tolist()))
+
+    return scores, backprop
+
+
+def _convert_inputs(
+    model: Model, X: Tuple[Floats3d, Ints1d, Optional[int]], is_train: bool
+) -> Tuple[ArgsKwargs, Callable[[ArgsKwargs], Floats3d]]:
+    padded, lengths, band = X
+    device = model.shims[0].device
+    X_torch = xp2torch(padded, requires_grad=is_train, device=device)
+    lengths_torch = xp2torch(lengths, device=device)
+
+    def convert_back(d_inputs: ArgsKwargs) -> Floats3d:
+        return torch2xp(d_inputs.args[0])
+
+    return ArgsKwargs(args=(X_torch, lengths_torch), kwargs={"band": band}), convert_back
+
+
+def _convert_outputs(
+    model: Model, inputs_outputs: Tuple[Any, torch.Tensor], is_train: bool
+) -> Tuple[Floats4d, Callable[[Floats4d], ArgsKwargs]]:
+    _, scores_torch = inputs_outputs
+    scores = torch2xp(scores_torch)
+
+    def convert_for_torch_backward(d_scores: Floats4d) -> ArgsKwargs:
+        d_torch = xp2torch(d_scores, device=scores_torch.device)
+        return ArgsKwargs(args=(scores_torch,), kwargs={"grad_tensors": d_torch})
+
+    return scores, convert_for_torch_backward
+
+
+def _load_weights_only(module: torch.nn.Module, state_bytes: bytes, device) -> torch.nn.Module:
+    """Load a state dict without unpickling code, and say clearly when it does not fit."""
+    try:
+        state = torch.load(BytesIO(state_bytes), map_location=device, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            "Could not read the global_pointer head weights: the model data is truncated, "
+            f"corrupted or not a weights-only state dict ({type(err).__name__}: {err})."
+        ) from err
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        raise ValueError(
+            "The saved global_pointer head does not match this pipeline's configuration "
+            f"(labels, width, head_size or architecture): expected parameters {expected}, "
+            f"found {found}."
+        )
+    module.load_state_dict(state)
+    return module.to(device)

@@ -1,0 +1,424 @@
+"""The `global_pointer` pipeline component: nested and flat entities in `doc.spans`."""
+import math
+import warnings
+from dataclasses import replace
+from itertools import islice
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy
+import srsly
+from spacy import util
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span, SpanGroup
+from spacy.training import Example, validate_examples, validate_get_examples
+from spacy.vocab import Vocab
+from thinc.api import Config, Model, Optimizer
+from thinc.types import Floats4d
+
+from .loss import multilabel_categorical_crossentropy
+from .model import build_head
+
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy-globalpointer.GlobalPointer.v1"
+head_size = 64
+rope = true
+
+[model.tok2vec]
+@architectures = "spacy.Tok2Vec.v2"
+
+[model.tok2vec.embed]
+@architectures = "spacy.MultiHashEmbed.v2"
+width = 96
+rows = [5000, 1000, 2500, 2500]
+attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
+include_static_vectors = false
+
+[model.tok2vec.encode]
+@architectures = "spacy.MaxoutWindowEncoder.v2"
+width = 96
+depth = 4
+window_size = 1
+maxout_pieces = 3
+"""
+DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
+DEFAULT_SPANS_KEY = "sc"
+
+
+def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, float]:
+    """The score weights `spacy train` should use for a given key."""
+    weights = {f"spans_{spans_key}_f": 1.0, f"spans_{spans_key}_p": 0.0, f"spans_{spans_key}_r": 0.0}
+    if write_ents:
+        weights.update({"ents_f": 0.0, "ents_p": 0.0, "ents_r": 0.0})
+    return weights
+
+
+@Language.factory(
+    "global_pointer",
+    assigns=["doc.spans"],
+    default_config={
+        "spans_key": DEFAULT_SPANS_KEY,
+        "threshold": 0.0,
+        "max_span_length": None,
+        "write_ents": False,
+        "model": DEFAULT_MODEL,
+        "scorer": {"@scorers": "spacy-globalpointer.scorer.v1"},
+    },
+    default_score_weights=score_weights_for(DEFAULT_SPANS_KEY),
+)
+def make_global_pointer(
+    nlp: Language,
+    name: str,
+    model: Model[List[Doc], Floats4d],
+    spans_key: str,
+    threshold: float,
+    max_span_length: Optional[int],
+    write_ents: bool,
+    scorer: Optional[Callable],
+) -> "GlobalPointer":
+    """Create a GlobalPointer span recognizer.
+
+    model: maps docs to span scores (batch, labels, n_tokens, band).
+    spans_key: `doc.spans` key to read gold spans from and write predictions to.
+    threshold: a span is predicted when its logit s(i, j) > threshold. 0.0 is the
+        paper's rule (the loss puts the decision boundary at 0); raise it for
+        precision, lower it for recall.
+    max_span_length: spans of more tokens are not candidates. Set it to make time
+        and memory grow linearly with doc length; None scores every span.
+    write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
+    """
+    return GlobalPointer(
+        nlp.vocab,
+        model,
+        name,
+        spans_key=spans_key,
+        threshold=threshold,
+        max_span_length=max_span_length,
+        write_ents=write_ents,
+        scorer=scorer,
+    )
+
+
+def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
+    """Span P/R/F (overall and per type) for `doc.spans[spans_key]`, overlaps allowed;
+    plus entity scores when the component writes `doc.ents`."""
+    key = kwargs.get("spans_key", DEFAULT_SPANS_KEY)
+    attr = f"spans_{key}"
+    scores = Scorer.score_spans(
+        examples,
+        attr,
+        getter=lambda doc, attr: doc.spans.get(key, []),
+        has_annotation=lambda doc: key in doc.spans,
+        allow_overlap=True,
+        labels=kwargs.get("labels"),
+    )
+    if kwargs.get("write_ents"):
+        scores.update(Scorer.score_spans(examples, "ents", has_annotation=lambda d: d.has_annotation("ENT_IOB")))
+    return scores
+
+
+@util.registry.scorers("spacy-globalpointer.scorer.v1")
+def make_global_pointer_scorer() -> Callable:
+    return global_pointer_score
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"global_pointer: threshold must be a finite number (a logit), got {threshold!r}.")
+    return float(threshold)
+
+
+def _check_max_span_length(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"global_pointer: max_span_length must be None or an integer >= 1, got {value!r}.")
+    return value
+
+
+class GlobalPointer(TrainablePipe):
+    """Recognise possibly nested spans by scoring every (start, end, label) triple."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model[List[Doc], Floats4d],
+        name: str = "global_pointer",
+        *,
+        spans_key: str = DEFAULT_SPANS_KEY,
+        threshold: float = 0.0,
+        max_span_length: Optional[int] = None,
+        write_ents: bool = False,
+        scorer: Optional[Callable] = global_pointer_score,
+    ) -> None:
+        if not isinstance(spans_key, str) or not spans_key:
+            raise ValueError(f"global_pointer: spans_key must be a non-empty string, got {spans_key!r}.")
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.scorer = scorer
+        self.cfg: Dict[str, Any] = {
+            "labels": [],
+            "spans_key": spans_key,
+            "threshold": _check_threshold(threshold),
+            "max_span_length": _check_max_span_length(max_span_length),
+            "write_ents": bool(write_ents),
+        }
+        self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
+
+    @property
+    def key(self) -> str:
+        return str(self.cfg["spans_key"])
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def label_data(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.cfg["threshold"])
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.cfg["threshold"] = _check_threshold(value)
+
+    @property
+    def max_span_length(self) -> Optional[int]:
+        return self.cfg["max_span_length"]
+
+    def add_label(self, label: str) -> int:
+        """Add a label before training starts. Returns 1 if added, 0 if known."""
+        if not isinstance(label, str):
+            raise ValueError(f"global_pointer: labels must be strings, got {label!r} ({type(label).__name__}).")
+        if label in self.labels:
+            return 0
+        if self.model.has_ref("head"):
+            raise ValueError(
+                f"global_pointer: cannot add label {label!r} after the model is initialized; "
+                "pass all labels to initialize() (or [initialize.components] labels)."
+            )
+        self.cfg["labels"] = list(self.labels) + [label]
+        self.vocab.strings.add(label)
+        return 1
+
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[List[str]] = None,
+    ) -> None:
+        """Infer the labels from the training data (or take `labels`) and build the model."""
+        validate_get_examples(get_examples, "GlobalPointer.initialize")
+        n_examples = n_with_key = n_spans = n_too_long = 0
+        inferred = []
+        for eg in get_examples():
+            n_examples += 1
+            if self.key not in eg.reference.spans:
+                continue
+            n_with_key += 1
+            for span in eg.reference.spans[self.key]:
+                n_spans += 1
+                inferred.append(span.label_)
+                if self.max_span_length is not None and len(span) > self.max_span_length:
+                    n_too_long += 1
+        if n_examples == 0:
+            raise ValueError("global_pointer: the training set is empty; initialize() needs examples.")
+        if labels is not None:
+            for label in labels:
+                self.add_label(label)
+        else:
+            if n_with_key == 0:
+                raise ValueError(
+                    f"global_pointer: none of the {n_examples} training examples has "
+                    f"doc.spans[{self.key!r}]. Set spans_key to the key your data uses "
+                    "or convert the data so the gold spans live under that key."
+                )
+            for label in sorted(set(inferred)):
+                self.add_label(label)
+        if not self.labels:
+            raise ValueError(
+                f"global_pointer: no labels. The training data has no spans under "
+                f"doc.spans[{self.key!r}] and no labels were given to initialize()."
+            )
+        if n_too_long:
+            warnings.warn(
+                f"global_pointer: {n_too_long} of {n_spans} training spans are longer than "
+                f"max_span_length={self.max_span_length} tokens and can never be predicted."
+            )
+        self.model.set_dim("nO", len(self.labels))
+        sample = [eg.predicted for eg in islice(get_examples(), 10)]
+        self.model.initialize(X=sample)
+        if nlp is not None:
+            self._sync_score_weights(nlp)
+
+    def _sync_score_weights(self, nlp: Language) -> None:
+        """Make `spacy train`'s score weights name this component's key.
+
+        The factory's defaults are registered once, for the key "sc"; with another
+        key (or `write_ents`) they would name scores this component never reports.
+        """
+        default = score_weights_for(DEFAULT_SPANS_KEY)
+        wanted = score_weights_for(self.key, self.cfg["write_ents"])
+        if default == wanted or self.name not in nlp.component_names:
+            return
+        meta = nlp.get_pipe_meta(self.name)
+        nlp._pipe_meta[self.name] = replace(meta, default_score_weights=wanted, scores=list(wanted))
+        weights = nlp._config.get("training", {}).get("score_weights")
+        others = {
+            key for name in nlp.component_names if name != self.name
+            for key in nlp.get_pipe_meta(name).default_score_weights
+        }
+        if weights:
+            for stale in set(default) - set(wanted) - others:
+                weights.pop(stale, None)
+            for key, value in wanted.items():
+                weights.setdefault(key, value)
+
+    def predict(self, docs: Iterable[Doc]) -> Floats4d:
+        """Span scores (batch, labels, n_max, band) for a batch of docs."""
+        return self.model.predict(list(docs))
+
+    def set_annotations(self, docs: Iterable[Doc], scores: Floats4d) -> None:
+        """Write every candidate with score > threshold to doc.spans[spans_key]."""
+        docs = list(docs)
+        ops = self.model.ops
+        lengths = ops.asarray1i([len(doc) for doc in docs])
+        if scores.size:
+            found = ops.xp.nonzero((scores > self.threshold) & self._candidate_mask(lengths, scores.shape))
+            found = [ops.to_numpy(x) for x in found]
+            found_scores = ops.to_numpy(scores[tuple(found)]) if len(found[0]) else numpy.zeros((0,), "f")
+        else:
+            found = [numpy.zeros((0,), "i")] * 4
+            found_scores = numpy.zeros((0,), "f")
+        doc_ids, label_ids, starts, offsets = found
+        for i, doc in enumerate(docs):
+            rows = numpy.flatnonzero(doc_ids == i)
+            order = rows[numpy.lexsort((label_ids[rows], starts[rows] + offsets[rows], starts[rows]))]
+            group = SpanGroup(doc, name=self.key)
+            for row in order:
+                start = int(starts[row])
+                group.append(Span(doc, start, start + int(offsets[row]) + 1, label=self.labels[label_ids[row]]))
+            group.attrs["scores"] = found_scores[order].astype("float32")
+            doc.spans[self.key] = group
+            if self.cfg["write_ents"]:
+                doc.set_ents(select_non_overlapping(group, found_scores[order]), default="outside")
+
+    def _candidate_mask(self, lengths, shape) -> Any:
+        """(batch, 1, n_max, band) bool: True where span (i, i + d) lies inside its doc."""
+        xp = self.model.ops.xp
+        n_max, band = shape[2], shape[3]
+        ends = xp.arange(n_max)[:, None] + xp.arange(band)[None, :]
+        return (ends[None, :, :] < lengths[:, None, None])[:, None]
+
+    def get_loss(self, examples: Iterable[Example], scores: Floats4d) -> Tuple[float, Floats4d]:
+        """Multi-label categorical cross-entropy over the valid candidates."""
+        examples = list(examples)
+        validate_examples(examples, "GlobalPointer.get_loss")
+        ops = self.model.ops
+        lengths = ops.asarray1i([len(eg.predicted) for eg in examples])
+        targets = numpy.zeros(scores.shape, dtype="bool")
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+        n_max, band = scores.shape[2], scores.shape[3]
+        for i, eg in enumerate(examples):
+            for span in self._aligned_gold(eg, i):
+                if span.label_ not in label_ids:
+                    raise ValueError(
+                        f"global_pointer: span {span.text!r} ({span.start}, {span.end}) in doc {i} "
+                        f"of the batch has label {span.label_!r}, which is not among the "
+                        f"component's labels {list(self.labels)}."
+                    )
+                width = len(span) - 1
+                if width < band and span.end <= n_max:
+                    targets[i, label_ids[span.label_], span.start, width] = True
+        mask = self._candidate_mask(lengths, scores.shape)
+        mask = ops.xp.broadcast_to(mask, scores.shape)
+        return multilabel_categorical_crossentropy(scores, ops.asarray(targets), mask)
+
+    def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
+        if self.key not in eg.reference.spans:
+            return []
+        for span in eg.reference.spans[self.key]:
+            if span.end > len(eg.reference) or span.start < 0 or span.start >= span.end:
+                raise ValueError(
+                    f"global_pointer: gold span ({span.start}, {span.end}) in doc {index} of the "
+                    f"batch is empty or outside the doc (length {len(eg.reference)})."
+                )
+        return list(eg.get_aligned_spans_y2x(eg.reference.spans[self.key], allow_overlap=True))
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Learn from a batch; a batch whose docs have no tokens is a no-op."""
+        examples = list(examples)
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        validate_examples(examples, "GlobalPointer.update")
+        if not any(len(eg.predicted) for eg in examples):
+            return losses
+        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    # Serialization: restore cfg (labels) first, build the head, then load its weights.
+
+    def _prepare_model_for_weights(self) -> None:
+        self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
+        if not self.model.has_ref("head"):
+            if not self.labels:
+                raise ValueError("global_pointer: the saved component has no labels; the model data is incomplete.")
+            self.model.set_dim("nO", len(self.labels))
+            if not self.model.has_dim("nI"):
+                self.model.set_dim("nI", self.model.get_ref("tok2vec").get_dim("nO"))
+            build_head(self.model)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
+        def load_model(b: bytes) -> None:
+            self._prepare_model_for_weights()
+            self.model.from_bytes(b)
+
+        deserialize = {
+            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
+            "model": load_model,
+        }
+        util.from_bytes(bytes_data, deserialize, exclude)
+        return self
+
+    def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
+        def load_model(p) -> None:
+            self._prepare_model_for_weights()
+            with open(p, "rb") as file_:
+                self.model.from_bytes(file_.read())
+
+        deserialize = {
+            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
+            "model": load_model,
+        }
+        util.from_disk(path, deserialize, exclude)
+        return self
+
+
+def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:
+    """Greedy flat decoding: take spans by descending score, skip any that overlaps a taken one.
+
+    Ties go to the longer span, then the earlier one.
+    """
+    ranked = sorted(zip(spans, scores), key=lambda x: (-float(x[1]), -len(x[0]), x[0].start))
+    taken = numpy.zeros(max((s.doc.__len__() for s, _ in ranked), default=0), dtype="bool")
+    chosen = []
+    for span, _ in ranked:
+        if not taken[span.start : span.end].any():
+            taken[span.start : span.end] = True
+            chosen.append(span)
+    return sorted(chosen, key=lambda s: s.start)

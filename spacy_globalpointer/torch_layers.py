@@ -1,0 +1,174 @@
+"""PyTorch modules for GlobalPointer span scoring. They know nothing of spaCy.
+
+Scores are returned in *band layout*: ``scores[b, a, i, d]`` is the score of the
+span that starts at token ``i`` and ends (inclusively) at token ``i + d`` for
+entity type ``a``. With a band width ``w`` only spans of at most ``w`` tokens are
+computed, so time and memory grow as O(n * w * types) instead of O(n^2 * types).
+With ``w >= n`` the band holds every candidate ``i <= j`` of the full matrix.
+Positions that are not candidates (padding, ``i + d`` past the end of the doc)
+hold the dtype's most negative finite value.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RotaryPositionEmbedding(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021) for the last dimension.
+
+    Consecutive pairs (x[2m], x[2m+1]) are rotated by the angle pos * base^(-2m/dim),
+    so that <R_i q, R_j k> depends on the positions only through j - i.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        if dim % 2 != 0:
+            raise ValueError(f"RoPE needs an even head size, got {dim}.")
+        inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        # Not a parameter and not saved: it is a pure function of `dim` and `base`.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, length, heads, dim) -> same shape, rotated by position."""
+        length = x.shape[1]
+        pos = torch.arange(length, device=x.device, dtype=torch.float32)
+        angles = pos[:, None] * self.inv_freq[None, :]  # (length, dim / 2)
+        # Computed in fp32 so that long positions keep their precision under autocast.
+        cos = angles.cos()[None, :, None, :]
+        sin = angles.sin()[None, :, None, :]
+        x_even, x_odd = x[..., 0::2].float(), x[..., 1::2].float()
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
+        return rotated.flatten(-2).to(x.dtype)
+
+
+def band_candidate_mask(lengths: torch.Tensor, n: int, band: int) -> torch.Tensor:
+    """(batch, n, band) bool mask: True where span (i, i + d) lies inside the doc."""
+    starts = torch.arange(n, device=lengths.device)[:, None]
+    offsets = torch.arange(band, device=lengths.device)[None, :]
+    ends = starts + offsets  # (n, band)
+    return ends[None, :, :] < lengths[:, None, None]
+
+
+def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
+    """Dot products <q_i, k_{i+d}> for 0 <= d < band, per head.
+
+    q, k: (batch, n, heads, dim). Returns (batch, heads, n, band). Entries with
+    i + d >= n are zero (they are masked by the caller).
+
+    When the band covers the whole sequence one matrix product is cheapest.
+    Otherwise the rows are processed in blocks of `band` queries against their
+    `2 * band - 1` reachable keys, so that memory, including what autograd keeps,
+    stays O(n * band) rather than O(n^2).
+    """
+    batch, n, heads, _ = q.shape
+    if band >= n:
+        full = torch.einsum("bihd,bjhd->bhij", q, k)  # (batch, heads, n, n)
+        ends = torch.arange(n, device=q.device)[:, None] + torch.arange(band, device=q.device)
+        index = ends.clamp(max=n - 1).expand(batch, heads, n, band)
+        return full.gather(-1, index)
+    k_padded = F.pad(k, (0, 0, 0, 0, 0, band - 1))  # (batch, n + band - 1, heads, dim)
+    local_index = torch.arange(band, device=q.device)[:, None] + torch.arange(
+        band, device=q.device
+    )
+    blocks = []
+    for start in range(0, n, band):
+        stop = min(start + band, n)
+        rows = stop - start
+        local = torch.einsum(
+            "bihd,bjhd->bhij", q[:, start:stop], k_padded[:, start : stop + band - 1]
+        )  # (batch, heads, rows, rows + band - 1)
+        index = local_index[:rows].expand(batch, heads, rows, band)
+        blocks.append(local.gather(-1, index))
+    return torch.cat(blocks, dim=2)
+
+
+def band_view(values: torch.Tensor, band: int) -> torch.Tensor:
+    """(batch, heads, n) -> (batch, heads, n, band) with out[..., i, d] = values[..., i + d]."""
+    padded = F.pad(values, (0, band - 1))
+    return padded.unfold(-1, band, 1)
+
+
+class _SpanScorer(nn.Module):
+    """Shared scaffolding: RoPE, scaling, banding and masking of span scores."""
+
+    def __init__(self, head_size: int, rope: bool):
+        super().__init__()
+        self.head_size = head_size
+        self.rope = RotaryPositionEmbedding(head_size) if rope else None
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
+        return band_scores(q, k, band) / math.sqrt(self.head_size)
+
+    def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # The loss and decoding run in fp32 whatever precision the products used.
+        scores = scores.float()
+        mask = band_candidate_mask(lengths, scores.shape[2], scores.shape[3])
+        return scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
+
+
+def _check_band(band: Optional[int], n: int) -> int:
+    if band is None:
+        return max(n, 1)
+    if band < 1:
+        raise ValueError(f"The band width (max_span_length) must be >= 1, got {band}.")
+    return min(band, max(n, 1))
+
+
+class GlobalPointerHead(_SpanScorer):
+    """GlobalPointer: separate q/k projections of `head_size` for each entity type.
+
+    s_a(i, j) = <R_i q_{i,a}, R_j k_{j,a}> / sqrt(head_size).
+    """
+
+    def __init__(self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True):
+        super().__init__(head_size, rope)
+        self.n_types = n_types
+        self.proj = nn.Linear(width, n_types * head_size * 2)
+
+    def forward(
+        self, X: torch.Tensor, lengths: torch.Tensor, band: Optional[int] = None
+    ) -> torch.Tensor:
+        """X: (batch, n, width), lengths: (batch,) -> scores (batch, types, n, band)."""
+        batch, n, _ = X.shape
+        band = _check_band(band, n)
+        qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size)
+        q, k = qk[..., : self.head_size], qk[..., self.head_size :]
+        return self._finish(self._scores(q, k, band), lengths)
+
+
+class EfficientGlobalPointerHead(_SpanScorer):
+    """Efficient GlobalPointer (kexue.fm/archives/8877).
+
+    One q/k projection is shared by all types; each type adds a start bias from
+    token i and an end bias from token j, both read off the shared projection:
+    s_a(i, j) = <R_i q_i, R_j k_j> / sqrt(head_size) + b_a(i) + e_a(j).
+    """
+
+    def __init__(self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True):
+        super().__init__(head_size, rope)
+        self.n_types = n_types
+        self.proj = nn.Linear(width, head_size * 2)
+        self.bias = nn.Linear(head_size * 2, n_types * 2)
+
+    def forward(
+        self, X: torch.Tensor, lengths: torch.Tensor, band: Optional[int] = None
+    ) -> torch.Tensor:
+        batch, n, _ = X.shape
+        band = _check_band(band, n)
+        hidden = self.proj(X)  # (batch, n, 2 * head_size)
+        q = hidden[..., None, : self.head_size]
+        k = hidden[..., None, self.head_size :]
+        shared = self._scores(q, k, band)  # (batch, 1, n, band)
+        # Halved as in the reference implementation, so start + end stays on the
+        # scale of one bias term at initialisation.
+        bias = self.bias(hidden).view(batch, n, self.n_types, 2).permute(0, 2, 3, 1) / 2
+        start_bias, end_bias = bias[:, :, 0], bias[:, :, 1]  # (batch, types, n)
+        scores = shared + start_bias[..., None] + band_view(end_bias, band)
+        return self._finish(scores, lengths)
+
+
