@@ -215,6 +215,8 @@ class GlobalPointer(TrainablePipe):
         labels: Optional[List[str]] = None,
     ) -> None:
         """Infer the labels from the training data (or take `labels`) and build the model."""
+        if callable(get_examples) and next(iter(get_examples()), None) is None:
+            raise ValueError("global_pointer: the training set is empty; initialize() needs examples.")
         validate_get_examples(get_examples, "GlobalPointer.initialize")
         n_examples = n_with_key = n_spans = n_too_long = 0
         inferred = []
@@ -228,8 +230,6 @@ class GlobalPointer(TrainablePipe):
                 inferred.append(span.label_)
                 if self.max_span_length is not None and len(span) > self.max_span_length:
                     n_too_long += 1
-        if n_examples == 0:
-            raise ValueError("global_pointer: the training set is empty; initialize() needs examples.")
         if labels is not None:
             for label in labels:
                 self.add_label(label)

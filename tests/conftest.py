@@ -1,0 +1,58 @@
+import os
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.training import Example
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def shared_data_dir() -> Path:
+    """Real datasets live beside the repo in ../shared/data (GP_DATA_DIR overrides)."""
+    return Path(os.environ.get("GP_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+# Nested Chinese examples: (text, [(start_char, end_char, label)]), end exclusive.
+NESTED_ZH = [
+    ("北京大学位于北京", [(0, 4, "ORG"), (0, 2, "LOC"), (6, 8, "LOC")]),
+    ("上海市政府发布通知", [(0, 5, "ORG"), (0, 3, "LOC")]),
+    ("张三在南京大学读书", [(0, 2, "PER"), (3, 7, "ORG"), (3, 5, "LOC")]),
+    ("李四去了广州", [(0, 2, "PER"), (4, 6, "LOC")]),
+    ("今天天气很好", []),
+]
+
+
+def make_examples(nlp, data=NESTED_ZH, key="sc"):
+    examples = []
+    for text, spans in data:
+        reference = nlp.make_doc(text)
+        reference.spans[key] = [reference.char_span(s, e, label=label) for s, e, label in spans]
+        examples.append(Example(nlp.make_doc(text), reference))
+    return examples
+
+
+@pytest.fixture
+def nested_examples():
+    return lambda nlp, key="sc": make_examples(nlp, key=key)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_gpu = False
+    if has_gpu:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def blank_zh():
+    return spacy.blank("zh")

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from spacy_globalpointer.torch_layers import (
+    EfficientGlobalPointerHead,
+    GlobalPointerHead,
+    RotaryPositionEmbedding,
+    band_candidate_mask,
+    band_scores,
+)
+
+
+def test_rope_score_depends_only_on_offset():
+    torch.manual_seed(0)
+    dim, n = 16, 12
+    rope = RotaryPositionEmbedding(dim)
+    q, k = torch.randn(dim), torch.randn(dim)
+    # The same q at every position and the same k at every position.
+    rq = rope(q.expand(1, n, 1, dim))[0, :, 0]
+    rk = rope(k.expand(1, n, 1, dim))[0, :, 0]
+    scores = rq @ rk.T  # (n, n)
+    for offset in range(-n + 1, n):
+        diagonal = torch.diagonal(scores, offset=offset)
+        assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-4), offset
+    # ...and it does depend on the offset (otherwise RoPE would be a no-op).
+    assert not torch.allclose(scores[0, 1], scores[0, 5], atol=1e-3)
+
+
+def test_rope_preserves_norm_and_rejects_odd_dim():
+    rope = RotaryPositionEmbedding(8)
+    x = torch.randn(2, 5, 3, 8)
+    assert torch.allclose(rope(x).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    with pytest.raises(ValueError, match="even"):
+        RotaryPositionEmbedding(7)
+
+
+def full_scores(q, k):
+    return torch.einsum("bihd,bjhd->bhij", q, k)
+
+
+@pytest.mark.parametrize("n,band", [(1, 1), (5, 1), (7, 3), (8, 4), (9, 20), (16, 16)])
+def test_band_scores_match_full_matrix(n, band):
+    torch.manual_seed(n * 31 + band)
+    q, k = torch.randn(2, n, 3, 4), torch.randn(2, n, 3, 4)
+    full = full_scores(q, k)
+    banded = band_scores(q, k, min(band, n))
+    for i in range(n):
+        for d in range(min(band, n)):
+            if i + d < n:
+                assert torch.allclose(banded[:, :, i, d], full[:, :, i, i + d], atol=1e-5)
+
+
+@pytest.mark.parametrize("head_class", [GlobalPointerHead, EfficientGlobalPointerHead])
+@pytest.mark.parametrize("rope", [True, False])
+def test_head_masks_non_candidates_and_scales(head_class, rope):
+    torch.manual_seed(0)
+    head = head_class(10, 3, head_size=8, rope=rope)
+    X = torch.randn(3, 6, 10)
+    lengths = torch.tensor([6, 2, 0])
+    scores = head(X, lengths)
+    assert scores.shape == (3, 3, 6, 6)
+    assert scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    mask = band_candidate_mask(lengths, 6, 6)[:, None].expand_as(scores)
+    floor = torch.finfo(torch.float32).min
+    assert (scores[~mask] == floor).all()
+    assert (scores[mask] > floor / 2).all()
+    # Band width w: only spans of at most w tokens, equal to the full scores there.
+    banded = head(X, lengths, band=2)
+    assert banded.shape == (3, 3, 6, 2)
+    assert torch.allclose(banded, scores[..., :2])
+
+
+def test_global_pointer_score_is_scaled_dot_product():
+    torch.manual_seed(0)
+    head = GlobalPointerHead(4, 2, head_size=6, rope=False)
+    X = torch.randn(1, 5, 4)
+    scores = head(X, torch.tensor([5]))
+    qk = head.proj(X).view(1, 5, 2, 12)
+    q, k = qk[..., :6], qk[..., 6:]
+    expected = full_scores(q, k) / math.sqrt(6)
+    for i in range(5):
+        for d in range(5 - i):
+            assert torch.allclose(scores[0, :, i, d], expected[0, :, i, i + d], atol=1e-5)
+
+
+def test_efficient_head_has_fewer_parameters():
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    width, types = 96, 10
+    full = count(GlobalPointerHead(width, types, head_size=64))
+    efficient = count(EfficientGlobalPointerHead(width, types, head_size=64))
+    assert efficient * 5 < full
