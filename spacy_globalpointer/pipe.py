@@ -298,17 +298,23 @@ class GlobalPointer(TrainablePipe):
             found = [numpy.zeros((0,), "i")] * 4
             found_scores = numpy.zeros((0,), "f")
         doc_ids, label_ids, starts, offsets = found
+        # One sort for the whole batch: by doc, then start, end and label.
+        order = numpy.lexsort((label_ids, starts + offsets, starts, doc_ids))
+        bounds = numpy.searchsorted(doc_ids[order], numpy.arange(len(docs) + 1))
         for i, doc in enumerate(docs):
-            rows = numpy.flatnonzero(doc_ids == i)
-            order = rows[numpy.lexsort((label_ids[rows], starts[rows] + offsets[rows], starts[rows]))]
-            group = SpanGroup(doc, name=self.key)
-            for row in order:
-                start = int(starts[row])
-                group.append(Span(doc, start, start + int(offsets[row]) + 1, label=self.labels[label_ids[row]]))
-            group.attrs["scores"] = found_scores[order].astype("float32")
+            rows = order[bounds[i] : bounds[i + 1]]
+            group = SpanGroup(
+                doc,
+                name=self.key,
+                spans=[
+                    Span(doc, int(start), int(start + offset) + 1, label=self.labels[label])
+                    for start, offset, label in zip(starts[rows], offsets[rows], label_ids[rows])
+                ],
+            )
+            group.attrs["scores"] = found_scores[rows].astype("float32")
             doc.spans[self.key] = group
             if self.cfg["write_ents"]:
-                doc.set_ents(select_non_overlapping(group, found_scores[order]), default="outside")
+                doc.set_ents(select_non_overlapping(group, found_scores[rows]), default="outside")
 
     def _candidate_mask(self, lengths, shape) -> Any:
         """(batch, 1, n_max, band) bool: True where span (i, i + d) lies inside its doc."""
