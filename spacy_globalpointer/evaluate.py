@@ -1,0 +1,91 @@
+"""Evaluate a trained pipeline on a DocBin, and render its predictions with displacy."""
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import spacy
+import srsly
+from spacy import displacy
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+PathLike = Union[str, Path]
+
+
+def _find_spans_key(nlp) -> str:
+    for name, pipe in nlp.pipeline:
+        if getattr(pipe, "key", None) and hasattr(pipe, "threshold"):
+            return pipe.key
+    raise ValueError(f"The pipeline {nlp.pipe_names} has no global_pointer component.")
+
+
+def evaluate(
+    model: PathLike,
+    data: PathLike,
+    *,
+    output_json: Optional[PathLike] = None,
+    output_md: Optional[PathLike] = None,
+    batch_size: int = 256,
+) -> Dict[str, Any]:
+    """Score `model` on the gold spans in `data` with spaCy's Scorer.
+
+    Returns the overall and per-type P/R/F for the component's spans key, and
+    writes them as JSON and as a markdown table when paths are given.
+    """
+    nlp = spacy.load(model)
+    key = _find_spans_key(nlp)
+    gold = list(DocBin().from_disk(data).get_docs(nlp.vocab))
+    if not gold:
+        raise ValueError(f"{data} holds no docs to evaluate on.")
+    examples = [Example(nlp.make_doc(doc.text), doc) for doc in gold]
+    scores = nlp.evaluate(examples, batch_size=batch_size)
+    result = {
+        "model": str(model),
+        "data": str(data),
+        "spans_key": key,
+        "n_docs": len(gold),
+        "n_gold_spans": sum(len(doc.spans.get(key, [])) for doc in gold),
+        "p": scores[f"spans_{key}_p"],
+        "r": scores[f"spans_{key}_r"],
+        "f": scores[f"spans_{key}_f"],
+        "per_type": scores.get(f"spans_{key}_per_type", {}),
+        "words_per_second": scores.get("speed"),
+    }
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(output_json, result)
+    if output_md:
+        Path(output_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_md).write_text(format_table(result), encoding="utf8")
+    return result
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """A markdown table of P/R/F (in %) overall and per type."""
+    lines = [
+        f"Evaluation of `{result['model']}` on `{result['data']}` "
+        f"({result['n_docs']} docs, {result['n_gold_spans']} gold spans, key `{result['spans_key']}`)",
+        "",
+        "| type | P | R | F |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = [("**all**", result)] + sorted(result["per_type"].items())
+    for name, prf in rows:
+        lines.append(f"| {name} | {prf['p'] * 100:.2f} | {prf['r'] * 100:.2f} | {prf['f'] * 100:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def visualize(
+    model: PathLike, data: PathLike, output_html: PathLike, *, limit: int = 50
+) -> int:
+    """Render predicted spans (overlaps visible) of the first `limit` docs to an HTML page.
+
+    Returns the number of docs rendered.
+    """
+    nlp = spacy.load(model)
+    key = _find_spans_key(nlp)
+    texts: List[str] = [doc.text for doc in DocBin().from_disk(data).get_docs(nlp.vocab)][:limit]
+    docs = list(nlp.pipe(texts))
+    html = displacy.render(docs, style="span", page=True, options={"spans_key": key})
+    Path(output_html).parent.mkdir(parents=True, exist_ok=True)
+    Path(output_html).write_text(html, encoding="utf8")
+    return len(docs)

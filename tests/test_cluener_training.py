@@ -1,0 +1,50 @@
+"""A regression floor: a few CPU minutes of training on CLUENER must reach a measured dev F1.
+
+The floor was measured on this project's CI machine (see the closing note of the core issue)
+and is asserted with a margin, so a change that breaks learning fails CI.
+"""
+import random
+
+import pytest
+import spacy
+from spacy.training import Example
+from thinc.api import fix_random_seed
+
+from spacy_globalpointer.convert import read_cluener
+
+from .conftest import CONFIGS, shared_data_dir
+
+STEPS = 300
+BATCH_SIZE = 32
+F1_FLOOR = {"spacy-globalpointer.GlobalPointer.v1": None}
+
+
+def cluener_examples(nlp, split, limit=None):
+    path = shared_data_dir() / "cluener" / f"{split}.json"
+    if not path.exists():
+        pytest.skip(f"CLUENER data not found at {path}")
+    docs, report = read_cluener(path, nlp)
+    assert report.n_misaligned == 0
+    docs = docs[:limit] if limit else docs
+    return [Example(nlp.make_doc(doc.text), doc) for doc in docs]
+
+
+def train_and_score(overrides, steps=STEPS, dev_limit=None):
+    fix_random_seed(0)
+    config = spacy.util.load_config(CONFIGS / "cpu.cfg", overrides=overrides)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    train = cluener_examples(nlp, "train")
+    dev = cluener_examples(nlp, "dev", dev_limit)
+    optimizer = nlp.initialize(lambda: train)
+    rng = random.Random(0)
+    for step in range(steps):
+        batch = rng.sample(train, BATCH_SIZE)
+        nlp.update(batch, sgd=optimizer, drop=0.1)
+    return nlp.evaluate(dev)["spans_sc_f"]
+
+
+@pytest.mark.slow
+def test_cluener_dev_f1_floor():
+    f1 = train_and_score({})
+    print(f"CLUENER dev F1 after {STEPS} steps of {BATCH_SIZE} docs: {f1 * 100:.2f}")
+    assert f1 >= 0.40
