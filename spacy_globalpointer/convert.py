@@ -424,11 +424,12 @@ def _parse_tag(tag: str, allowed_prefixes: str) -> Optional[Tuple[str, Optional[
 
 def _column_lines(path: Path) -> List[Tuple[int, List[str]]]:
     """(line number, columns) for every line of a column file; a blank line has no columns."""
+    lines = []
     with path.open(encoding="utf-8-sig") as file:
-        return [
-            (line_no, COLUMN_SEPARATOR.split(stripped) if stripped else [])
-            for line_no, stripped in ((n, line.strip(" \t\r\n")) for n, line in enumerate(file, start=1))
-        ]
+        for line_no, line in enumerate(file, start=1):
+            stripped = line.strip(" \t\r\n")
+            lines.append((line_no, COLUMN_SEPARATOR.split(stripped) if stripped else []))
+    return lines
 
 
 def _expected_column_count(path: Path, lines: List[Tuple[int, List[str]]], docstart: Optional[str]) -> int:
@@ -447,24 +448,20 @@ def _expected_column_count(path: Path, lines: List[Tuple[int, List[str]]], docst
 
 
 def _tagged_token(
-    path: Path, line_no: int, cols: List[str], n_columns: int, tag_column: int, prefixes: str, report: ConversionReport
-) -> TaggedToken:
-    """The token of one line; a line with the wrong column count or an unknown tag is reported and tagged O."""
+    path: Path, line_no: int, cols: List[str], n_columns: int, tag_column: int, prefixes: str
+) -> Tuple[TaggedToken, Optional[str]]:
+    """The token of one line, and a problem message if the line is malformed (its token is then tagged O)."""
     if len(cols) != n_columns:
-        report.add_problem(
-            "malformed",
-            f"{path}: line {line_no}: {len(cols)} columns where the file has {n_columns}; kept {cols[0]!r} tagged O",
+        problem = f"{len(cols)} columns where the file has {n_columns}; kept {cols[0]!r} tagged O"
+    else:
+        parsed = _parse_tag(cols[tag_column], prefixes)
+        if parsed is not None:
+            return TaggedToken(line_no, cols[0], *parsed), None
+        problem = (
+            f"tag {cols[tag_column]!r} is not O or {'/'.join(prefixes)}-TYPE; "
+            f"kept {cols[0]!r} tagged O (check --scheme and --tag-column)"
         )
-        return TaggedToken(line_no, cols[0], "O", None)
-    parsed = _parse_tag(cols[tag_column], prefixes)
-    if parsed is None:
-        report.add_problem(
-            "malformed",
-            f"{path}: line {line_no}: tag {cols[tag_column]!r} is not O or {'/'.join(prefixes)}-TYPE; "
-            f"kept {cols[0]!r} tagged O (check --scheme and --tag-column)",
-        )
-        return TaggedToken(line_no, cols[0], "O", None)
-    return TaggedToken(line_no, cols[0], *parsed)
+    return TaggedToken(line_no, cols[0], "O", None), f"{path}: line {line_no}: {problem}"
 
 
 def _read_tagged_documents(
@@ -478,27 +475,27 @@ def _read_tagged_documents(
     n_columns = _expected_column_count(path, lines, docstart)
     if not -n_columns <= tag_column < n_columns:
         raise ValueError(f"{path}: tag_column {tag_column} does not exist; the file has {n_columns} columns")
-    n_problems_before = report.n_malformed
     documents: List[List[Sentence]] = [[]]
     sentence: Sentence = []
-    first_bad: Optional[str] = None
+    n_tokens, bad_lines = 0, []
     for line_no, cols in lines + [(len(lines) + 1, [])]:
         if cols and cols[0] != docstart:
-            n_before = report.n_malformed
-            sentence.append(_tagged_token(path, line_no, cols, n_columns, tag_column, prefixes, report))
-            if first_bad is None and report.n_malformed > n_before:
-                first_bad = f"line {line_no} {' '.join(cols)!r}"
+            token, problem = _tagged_token(path, line_no, cols, n_columns, tag_column, prefixes)
+            sentence.append(token)
+            n_tokens += 1
+            if problem:
+                report.add_problem("malformed", problem)
+                bad_lines.append(f"line {line_no} {' '.join(cols)!r}")
             continue
         if sentence:
             documents[-1].append(sentence)
             sentence = []
         if cols and documents[-1]:
             documents.append([])
-    n_tokens = sum(len(s) for document in documents for s in document)
-    if report.n_malformed - n_problems_before > MAX_MALFORMED_SHARE * n_tokens:
+    if len(bad_lines) > MAX_MALFORMED_SHARE * n_tokens:
         raise FormatError(
-            f"{path}: not a BIO column file: {report.n_malformed - n_problems_before} of {n_tokens} token lines "
-            f"are malformed, first {first_bad}; expected 'token ... tag' per line with O, B-X, I-X tags"
+            f"{path}: not a BIO column file: {len(bad_lines)} of {n_tokens} token lines are malformed, "
+            f"first {bad_lines[0]}; expected 'token ... tag' per line with O, B-X, I-X tags"
         )
     return [document for document in documents if document]
 

@@ -622,3 +622,13 @@ def test_real_peoples_daily_dev(zh):
     assert dict(report.label_counts) == {"LOC": 1951, "ORG": 984, "PER": 884}
     assert report.n_problems == 0 and sum(len(doc) for doc in docs) == 109870
     assert docs[1].text.startswith("相比之下，青岛海牛队和广州松日队的雨中之战")
+
+
+def test_real_conll_train_is_iob1_with_two_irregular_b_tags(en):
+    path = real_file("conll2003", "eng.train")
+    docs, report = read_bio(path, en)
+    assert report.n_docs == 14041
+    assert dict(report.label_counts) == {"LOC": 7140, "MISC": 3438, "ORG": 6321, "PER": 6600}
+    assert report.notes[0].startswith("tag scheme: iob1 (detected: 23427 entities start with I-, 2 B- tags")
+    # "the Atlanta B-MISC Games I-MISC" and "Urdu-speaking B-MISC": B- after O, which IOB1 does not use.
+    assert [p.split(": ")[1] for p in report.problems] == ["line 152428", "line 175436"]
