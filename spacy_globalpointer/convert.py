@@ -248,40 +248,36 @@ def _cluener_record(record: Any) -> Tuple[str, List[CharSpan], List[str]]:
     return text, spans, errors
 
 
+def _listed_spans_record(
+    record: Any, key: str, fields: Tuple[str, str, str], surface_field: Optional[str], end_inclusive: bool
+) -> Tuple[str, List[CharSpan], List[str]]:
+    """Text, spans and entry errors of a record whose `key` lists span objects with (start, end, label) `fields`."""
+    text = _record_text(record, key)
+    entries = record.get(key)
+    if entries is None:
+        return text, [], []
+    described = f"{fields[0]}, {fields[1]} and {fields[2]}"
+    if not isinstance(entries, list):
+        raise RecordError(f'"{key}" must be a list of objects with {described}, got {entries!r}')
+    spans, errors = [], []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and set(fields) <= entry.keys()):
+            errors.append(f"{key}[{i}] must be an object with {described}, got {entry!r}")
+            continue
+        start, end, label = (entry[name] for name in fields)
+        surface = entry.get(surface_field) if surface_field else None
+        spans.append(CharSpan(start, end, label, surface, end_inclusive=end_inclusive))
+    return text, spans, errors
+
+
 def _cmeee_record(record: Any) -> Tuple[str, List[CharSpan], List[str]]:
     """Text, spans and entry errors of a CMeEE record `{"text", "entities": [{start_idx, end_idx, type, entity}]}`."""
-    text = _record_text(record, "entities")
-    entities = record.get("entities")
-    if entities is None:
-        return text, [], []
-    if not isinstance(entities, list):
-        raise RecordError(f'"entities" must be a list of {{start_idx, end_idx, type, entity}}, got {entities!r}')
-    spans, errors = [], []
-    for i, entity in enumerate(entities):
-        if not (isinstance(entity, dict) and {"start_idx", "end_idx", "type"} <= entity.keys()):
-            errors.append(f"entities[{i}] must be an object with start_idx, end_idx and type, got {entity!r}")
-            continue
-        spans.append(
-            CharSpan(entity["start_idx"], entity["end_idx"], entity["type"], entity.get("entity"), end_inclusive=True)
-        )
-    return text, spans, errors
+    return _listed_spans_record(record, "entities", ("start_idx", "end_idx", "type"), "entity", end_inclusive=True)
 
 
 def _jsonl_record(record: Any) -> Tuple[str, List[CharSpan], List[str]]:
     """Text, spans and entry errors of a record `{"text", "spans": [{"start", "end", "label"}]}`."""
-    text = _record_text(record, "spans")
-    entries = record.get("spans")
-    if entries is None:
-        return text, [], []
-    if not isinstance(entries, list):
-        raise RecordError(f'"spans" must be a list of {{"start", "end", "label"}} objects, got {entries!r}')
-    spans, errors = [], []
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and {"start", "end", "label"} <= entry.keys()):
-            errors.append(f"spans[{i}] must be an object with start, end and label, got {entry!r}")
-            continue
-        spans.append(CharSpan(entry["start"], entry["end"], entry["label"]))
-    return text, spans, errors
+    return _listed_spans_record(record, "spans", ("start", "end", "label"), None, end_inclusive=False)
 
 
 def _json_lines(path: Path) -> Iterator[Tuple[str, Any]]:
