@@ -1,0 +1,94 @@
+"""Command line: `python -m spacy_globalpointer convert ...` and `python -m spacy_globalpointer demo ...`.
+
+Exit codes: 0 done; 1 `--strict` found problems (nothing written); 2 the input is not the format,
+is missing, or an argument is wrong.
+"""
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+from .convert import FORMATS, MAX_LISTED_PROBLEMS, ConversionProblemsError, convert, read_bio
+from .demo import DEFAULT_N_DEV, DEFAULT_N_TRAIN, DEFAULT_SEED, write_demo
+
+EXIT_PROBLEMS = 1
+EXIT_BAD_INPUT = 2
+COLUMN_FORMATS = sorted(name for name, spec in FORMATS.items() if spec.reader is read_bio)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spacy_globalpointer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    formats = "\n".join(f"  {name:<14} {spec.description}" for name, spec in FORMATS.items())
+    conv = commands.add_parser(
+        "convert",
+        help="convert an NER file to a .spacy DocBin with gold spans in doc.spans",
+        description=f"Convert an NER file to a .spacy DocBin.\n\nformats:\n{formats}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help="one of: " + ", ".join(FORMATS))
+    conv.add_argument("input", help="the file to read")
+    conv.add_argument("output", help="the .spacy file to write (parent folders are created)")
+    conv.add_argument("--lang", help="blank pipeline that tokenizes, e.g. zh or en (default per format; required for jsonl)")
+    conv.add_argument("--spans-key", default="sc", help="doc.spans key for the gold spans (default: sc)")
+    conv.add_argument("--strict", action="store_true", help="fail with exit code 1, writing nothing, on any problem")
+    column = conv.add_argument_group(f"column formats ({', '.join(COLUMN_FORMATS)})")
+    column.add_argument("--scheme", help="auto (default), bio/iob2, iob1 or bioes/iobes/bilou")
+    column.add_argument("--group", help="sentence (default), document, or N sentences per doc")
+    column.add_argument("--tag-column", type=int, help="column index of the tag (default: -1, the last)")
+    column.add_argument("--docstart", help="first column of document-boundary lines (default: -DOCSTART-)")
+
+    demo = commands.add_parser("demo", help="write the generated nested NER demo data (train/dev jsonl)")
+    demo.add_argument("output_dir", help="folder for train.jsonl, dev.jsonl and README.md")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    demo.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
+    demo.add_argument("--n-dev", type=int, default=DEFAULT_N_DEV)
+    return parser
+
+
+def _column_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The column-format options given on the command line; ValueError if the format has none."""
+    options = {
+        name: getattr(args, name)
+        for name in ("scheme", "group", "tag_column", "docstart")
+        if getattr(args, name) is not None
+    }
+    if options and args.format not in COLUMN_FORMATS:
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise ValueError(f"{flags} only apply to the column formats ({', '.join(COLUMN_FORMATS)})")
+    return options
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    try:
+        report = convert(
+            args.format, args.input, args.output, lang=args.lang, spans_key=args.spans_key, strict=args.strict,
+            **_column_options(args),
+        )
+    except ConversionProblemsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report.summary(), file=sys.stderr)
+    if report.problems:
+        print(f"first problems:\n{report.first_problems(MAX_LISTED_PROBLEMS)}", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    paths = write_demo(args.output_dir, seed=args.seed, n_train=args.n_train, n_dev=args.n_dev)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]) and return the exit code."""
+    args = _parser().parse_args(argv)
+    return _run_convert(args) if args.command == "convert" else _run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
