@@ -1,4 +1,4 @@
-"""Command line: `python -m spacy_globalpointer convert ...` and `python -m spacy_globalpointer demo ...`.
+"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize ...`.
 
 Exit codes: 0 done; 1 `--strict` found problems (nothing written); 2 the input is not the format,
 is missing, or an argument is wrong.
@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
     demo.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
     demo.add_argument("--n-dev", type=int, default=DEFAULT_N_DEV)
+
+    evaluate = commands.add_parser("evaluate", help="P/R/F overall and per type, as JSON and a markdown table")
+    evaluate.add_argument("model", help="a trained pipeline folder or package name")
+    evaluate.add_argument("data", help="a .spacy DocBin with gold spans")
+    evaluate.add_argument("--output", help="JSON file to write")
+    evaluate.add_argument("--table", help="markdown file to write")
+
+    visualize = commands.add_parser("visualize", help="render predicted spans with displacy to an HTML page")
+    visualize.add_argument("model", help="a trained pipeline folder or package name")
+    visualize.add_argument("data", help="a .spacy DocBin whose texts are rendered")
+    visualize.add_argument("output", help="the HTML file to write")
+    visualize.add_argument("--limit", type=int, default=50, help="render the first N docs (default: 50)")
     return parser
 
 
@@ -84,10 +96,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table)
+    print(format_table(result))
+    return 0
+
+
+def _run_visualize(args: argparse.Namespace) -> int:
+    from .evaluate import visualize
+
+    n_docs = visualize(args.model, args.data, args.output, limit=args.limit)
+    print(f"wrote {args.output} ({n_docs} docs)", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"convert": _run_convert, "demo": _run_demo, "evaluate": _run_evaluate, "visualize": _run_visualize}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line with `argv` (default: sys.argv[1:]) and return the exit code."""
     args = _parser().parse_args(argv)
-    return _run_convert(args) if args.command == "convert" else _run_demo(args)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_global_pointer_score_is_scaled_dot_product():
     scores = head(X, torch.tensor([5]))
     qk = head.proj(X).view(1, 5, 2, 12)
     q, k = qk[..., :6], qk[..., 6:]
-    expected = full_scores(q, k) / math.sqrt(6)
+    expected = full_scores(q, k) / math.sqrt(6) + head.offset[None, :, None, None]
     for i in range(5):
         for d in range(5 - i):
             assert torch.allclose(scores[0, :, i, d], expected[0, :, i, i + d], atol=1e-5)
@@ -94,3 +94,14 @@ def test_efficient_head_has_fewer_parameters():
     full = count(GlobalPointerHead(width, types, head_size=64))
     efficient = count(EfficientGlobalPointerHead(width, types, head_size=64))
     assert efficient * 5 < full
+
+
+@pytest.mark.parametrize("head_class", [GlobalPointerHead, EfficientGlobalPointerHead])
+def test_untrained_head_predicts_nothing(head_class):
+    """The learned offset starts below the decision boundary: no junk spans before training."""
+    torch.manual_seed(0)
+    head = head_class(96, 10, head_size=64)
+    X = torch.randn(4, 50, 96)
+    scores = head(X, torch.tensor([50, 40, 10, 1]))
+    assert (scores < 0).all()
+    assert head.offset.requires_grad

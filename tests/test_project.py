@@ -1,0 +1,65 @@
+"""The Weasel workflow `all` runs offline on the shipped demo data and leaves every output."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import srsly
+
+from .conftest import REPO
+
+PACKAGE = "zh_globalpointer_demo"
+
+
+@pytest.fixture(scope="module")
+def project_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("project.yml", "configs", "assets"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    cmd = [sys.executable, "-m", "spacy", "project", "run", "all", str(root),
+           "--vars.max_steps", "60", "--vars.eval_frequency", "30"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return root, result
+
+
+def test_all_workflow_outputs(project_run):
+    root, result = project_run
+    assert (root / "training" / "demo" / "model-best" / "global_pointer" / "model").exists()
+    metrics = srsly.read_json(root / "metrics" / "demo.json")
+    assert set(metrics) >= {"p", "r", "f", "per_type", "n_docs"}
+    assert metrics["n_docs"] == 300 and set(metrics["per_type"]) == {"PER", "LOC", "ORG"}
+    assert "| **all** |" in (root / "metrics" / "demo.md").read_text(encoding="utf8")
+    html = (root / "visualize" / "demo.html").read_text(encoding="utf8")
+    assert "span" in html and html.count("<div") > 10
+    meta = json.loads((root / "packages" / f"{PACKAGE}-0.1.0" / "meta.json").read_text())
+    assert any(req.startswith("spacy-globalpointer") for req in meta["requirements"])
+
+
+def test_rerun_skips_unchanged_steps(project_run):
+    root, _ = project_run
+    cmd = [sys.executable, "-m", "spacy", "project", "run", "train", str(root),
+           "--vars.max_steps", "60", "--vars.eval_frequency", "30"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert result.returncode == 0
+    assert "Skipping 'train': nothing changed" in result.stdout
+
+
+def test_package_installs_and_loads_by_name(project_run, tmp_path):
+    root, _ = project_run
+    sdist = root / "packages" / f"{PACKAGE}-0.1.0" / "dist" / f"{PACKAGE}-0.1.0.tar.gz"
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+               "--target", str(target), str(sdist)]
+    result = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    code = (
+        f"import spacy; nlp = spacy.load('{PACKAGE}'); doc = nlp('北京大学位于北京');"
+        "print(nlp.pipe_names, len(doc.spans['sc']))"
+    )
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "global_pointer" in loaded.stdout
