@@ -4,6 +4,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from spacy.tokens import Doc
+from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from thinc.types import Floats2d, Floats3d, Floats4d, Ints1d
@@ -44,6 +45,30 @@ def build_efficient_global_pointer(
     """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases."""
     return _build(
         tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO
+    )
+
+
+@registry.misc("spacy-globalpointer.grad_scaler.v1")
+def make_grad_scaler(
+    *,
+    enabled: bool = False,
+    init_scale: float = 2.0**16,
+    backoff_factor: float = 0.5,
+    growth_factor: float = 2.0,
+    growth_interval: int = 2000,
+) -> PyTorchGradScaler:
+    """Thinc's PyTorchGradScaler, made available to configs as the head's `grad_scaler`.
+
+    Enable it together with `mixed_precision` (fp16 autocast on CUDA): the head's
+    gradients are scaled up before backprop and unscaled afterwards, and steps whose
+    gradients overflow are skipped. Thinc only supports it on CUDA tensors.
+    """
+    return PyTorchGradScaler(
+        enabled=enabled,
+        init_scale=init_scale,
+        backoff_factor=backoff_factor,
+        growth_factor=growth_factor,
+        growth_interval=growth_interval,
     )
 
 

@@ -377,19 +377,25 @@ class GlobalPointer(TrainablePipe):
 
     # Serialization: restore cfg (labels) first, build the head, then load its weights.
 
-    def _prepare_model_for_weights(self) -> None:
+    def _prepare_model_for_weights(self, model_bytes: bytes) -> None:
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
         if not self.model.has_ref("head"):
             if not self.labels:
                 raise ValueError("global_pointer: the saved component has no labels; the model data is incomplete.")
             self.model.set_dim("nO", len(self.labels))
             if not self.model.has_dim("nI"):
-                self.model.set_dim("nI", self.model.get_ref("tok2vec").get_dim("nO"))
+                tok2vec = self.model.get_ref("tok2vec")
+                if tok2vec.has_dim("nO"):
+                    self.model.set_dim("nI", tok2vec.get_dim("nO"))
+                else:
+                    # A TransformerListener learns its width only at initialize(), which
+                    # loading skips; the saved model records the width the head was built with.
+                    self.model.set_dim("nI", _saved_width(model_bytes))
             build_head(self.model)
 
     def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(b: bytes) -> None:
-            self._prepare_model_for_weights()
+            self._prepare_model_for_weights(b)
             self.model.from_bytes(b)
 
         deserialize = {
@@ -402,9 +408,10 @@ class GlobalPointer(TrainablePipe):
 
     def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(p) -> None:
-            self._prepare_model_for_weights()
             with open(p, "rb") as file_:
-                self.model.from_bytes(file_.read())
+                model_bytes = file_.read()
+            self._prepare_model_for_weights(model_bytes)
+            self.model.from_bytes(model_bytes)
 
         deserialize = {
             "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
@@ -413,6 +420,17 @@ class GlobalPointer(TrainablePipe):
         }
         util.from_disk(path, deserialize, exclude)
         return self
+
+
+def _saved_width(model_bytes: bytes) -> int:
+    """The input width (nI) stored with a serialized global_pointer model (its root node)."""
+    width = srsly.msgpack_loads(model_bytes)["nodes"][0]["dims"].get("nI")
+    if width is None:
+        raise ValueError(
+            "global_pointer: the saved model does not record its input width (nI) and the "
+            "tok2vec layer does not know it either; the model data is incomplete."
+        )
+    return int(width)
 
 
 def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:

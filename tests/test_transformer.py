@@ -1,0 +1,478 @@
+"""The transformer path: configs/gpu_trf.cfg, wordpiece alignment, long docs, mixed precision.
+
+Everything runs offline on a tiny random BERT written to a temporary folder, so no
+model is downloaded. GPU tests are marked `gpu` and skip without CUDA.
+"""
+import os
+
+# Never reach for the Hugging Face hub: every model here is a local folder. Set before
+# transformers is imported, which reads these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("spacy_transformers")
+transformers = pytest.importorskip("transformers")
+
+import spacy  # noqa: E402
+import srsly  # noqa: E402
+import torch  # noqa: E402
+from spacy.tokens import DocBin  # noqa: E402
+from spacy.training import Example  # noqa: E402
+from thinc.api import Adam, fix_random_seed  # noqa: E402
+
+import spacy_globalpointer  # noqa: E402,F401  (registers spacy-globalpointer.grad_scaler.v1)
+from spacy_globalpointer.loss import multilabel_categorical_crossentropy  # noqa: E402
+from spacy_globalpointer.torch_layers import (  # noqa: E402
+    EfficientGlobalPointerHead,
+    GlobalPointerHead,
+)
+
+CONFIG_PATH = Path(__file__).parent.parent / "configs" / "gpu_trf.cfg"
+KEY = "sc"
+FP32_MIN = torch.finfo(torch.float32).min
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# (text, [(start_char, end_char, label)]): nested spans, as in CMeEE / CLUENER.
+ZH_DATA = [
+    ("北京大学在北京", [(0, 4, "ORG"), (0, 2, "LOC"), (5, 7, "LOC")]),
+    ("上海交通大学位于上海", [(0, 6, "ORG"), (0, 2, "LOC"), (8, 10, "LOC")]),
+    ("张三是北京大学的学生", [(0, 2, "PER"), (3, 7, "ORG"), (3, 5, "LOC")]),
+    ("李四来自中国科学院", [(0, 2, "PER"), (4, 9, "ORG"), (4, 6, "LOC")]),
+    ("张三来自上海", [(0, 2, "PER"), (4, 6, "LOC")]),
+    ("李四在北京大学", [(0, 2, "PER"), (3, 7, "ORG"), (3, 5, "LOC")]),
+]
+# "globalpointer" is one spaCy token but three wordpieces: global ##point ##er.
+EN_DATA = [
+    ("I love globalpointer models", [(7, 20, "TOOL"), (7, 27, "THING")]),
+    ("the globalpointer model is a tool", [(4, 17, "TOOL"), (4, 23, "THING")]),
+    ("I love the model", []),
+]
+EN_WORDPIECES = ["i", "love", "the", "global", "##point", "##er", "##s", "model", "models", "is", "a", "tool"]
+
+
+def _vocab_lines():
+    chars = sorted({c for text, _ in ZH_DATA for c in text})
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + EN_WORDPIECES
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random 2-layer BERT (hidden 32) and its fast tokenizer, saved like a hub model."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    (path / "vocab.txt").write_text("\n".join(_vocab_lines()) + "\n", encoding="utf8")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    assert tokenizer.tokenize("globalpointer") == ["global", "##point", "##er"]
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(_vocab_lines()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,  # the config's 128-token window + [CLS], [SEP]
+    )
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _doc(nlp, text, spans):
+    doc = nlp.make_doc(text)
+    doc.spans[KEY] = [doc.char_span(s, e, label=label) for s, e, label in spans]
+    assert all(span is not None for span in doc.spans[KEY]), text
+    return doc
+
+
+def _examples(nlp, data):
+    return [Example(nlp.make_doc(text), _doc(nlp, text, spans)) for text, spans in data]
+
+
+def _span_tuples(doc):
+    return [(s.start, s.end, s.label_) for s in doc.spans[KEY]]
+
+
+def _trf_nlp(lang, model_dir, *, window=16, stride=12, head_size=16):
+    """transformer + global_pointer built in Python, as gpu_trf.cfg builds them."""
+    nlp = spacy.blank(lang)
+    nlp.add_pipe(
+        "transformer",
+        config={
+            "model": {
+                "@architectures": "spacy-transformers.TransformerModel.v3",
+                "name": str(model_dir),
+                "tokenizer_config": {"use_fast": True},
+                "get_spans": {
+                    "@span_getters": "spacy-transformers.strided_spans.v1",
+                    "window": window,
+                    "stride": stride,
+                },
+            }
+        },
+    )
+    nlp.add_pipe(
+        "global_pointer",
+        config={
+            "model": {
+                "@architectures": "spacy-globalpointer.GlobalPointer.v1",
+                "head_size": head_size,
+                "tok2vec": {
+                    "@architectures": "spacy-transformers.TransformerListener.v1",
+                    "grad_factor": 1.0,
+                    "pooling": {"@layers": "reduce_mean.v1"},
+                },
+            }
+        },
+    )
+    return nlp
+
+
+def _assert_tokens_get_mean_of_wordpieces(nlp, doc):
+    """The listener's vector for each token is the mean of its aligned wordpiece rows
+    (from every strided window the token falls in)."""
+    trf_data = doc._.trf_data
+    hidden = trf_data.model_output.last_hidden_state
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    tok2vec = nlp.get_pipe("global_pointer").model.get_ref("tok2vec")
+    vectors = tok2vec.predict([doc])[0]
+    assert vectors.shape == (len(doc), hidden.shape[-1])
+    lengths = trf_data.align.lengths
+    assert (lengths >= 1).all(), "every token must be covered by at least one wordpiece"
+    starts = numpy.concatenate([[0], numpy.cumsum(lengths)[:-1]])
+    for i in range(len(doc)):
+        pieces = trf_data.align.dataXd[starts[i] : starts[i] + lengths[i]].ravel()
+        numpy.testing.assert_allclose(vectors[i], rows[pieces].mean(axis=0), rtol=1e-5, atol=1e-6)
+    return lengths
+
+
+# -- configs/gpu_trf.cfg -----------------------------------------------------------
+
+
+def test_gpu_trf_config_loads_and_validates(tiny_bert):
+    overrides = {"components.transformer.model.name": str(tiny_bert)}
+    config = spacy.util.load_config(CONFIG_PATH, overrides=overrides, interpolate=True)
+    assert config["nlp"]["pipeline"] == ["transformer", "global_pointer"]
+    trf = config["components"]["transformer"]["model"]
+    assert trf["@architectures"] == "spacy-transformers.TransformerModel.v3"
+    assert trf["get_spans"]["@span_getters"] == "spacy-transformers.strided_spans.v1"
+    assert (trf["get_spans"]["window"], trf["get_spans"]["stride"]) == (128, 96)
+    listener = config["components"]["global_pointer"]["model"]["tok2vec"]
+    assert listener["@architectures"] == "spacy-transformers.TransformerListener.v1"
+    assert listener["pooling"]["@layers"] == "reduce_mean.v1"
+    assert config["system"]["gpu_allocator"] == "pytorch"
+    assert config["training"]["batcher"]["@batchers"] == "spacy.batch_by_padded.v1"
+    assert config["paths"]["train"] is None and config["paths"]["dev"] is None
+
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.lang == "zh" and nlp.pipe_names == ["transformer", "global_pointer"]
+    assert nlp.get_pipe("global_pointer").key == "sc"
+    assert config["training"]["score_weights"]["spans_sc_f"] == 1.0
+    # One switch turns on fp16 autocast and gradient scaling for both torch models.
+    head = nlp.get_pipe("global_pointer").model
+    assert head.attrs["mixed_precision"] is True
+    assert head.attrs["grad_scaler"]._enabled is True
+    trf_shim = nlp.get_pipe("transformer").model.layers[0].shims[0]
+    assert trf_shim._mixed_precision is True and trf_shim._grad_scaler._enabled is True
+
+
+def test_gpu_trf_config_passes_spacy_debug_config(tiny_bert, tmp_path):
+    from spacy.cli.debug_config import debug_config
+
+    corpus = _write_corpus(tmp_path / "train.spacy")
+    overrides = {
+        "components.transformer.model.name": str(tiny_bert),
+        "paths.train": str(corpus),
+        "paths.dev": str(corpus),
+    }
+    debug_config(CONFIG_PATH, overrides=overrides)  # exits on an invalid config
+
+
+def test_gpu_trf_config_one_override_turns_mixed_precision_off(tiny_bert):
+    overrides = {
+        "components.transformer.model.name": str(tiny_bert),
+        "components.transformer.model.mixed_precision": False,
+    }
+    config = spacy.util.load_config(CONFIG_PATH, overrides=overrides, interpolate=True)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    head = nlp.get_pipe("global_pointer").model
+    assert head.attrs["mixed_precision"] is False
+    assert head.attrs["grad_scaler"]._enabled is False
+    trf_shim = nlp.get_pipe("transformer").model.layers[0].shims[0]
+    assert trf_shim._mixed_precision is False and trf_shim._grad_scaler._enabled is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only failure mode")
+@pytest.mark.filterwarnings("ignore:.*autocast")
+def test_gpu_trf_config_on_cpu_needs_mixed_precision_off(tiny_bert):
+    """As documented: thinc's gradient scalers are CUDA-only, so CPU training needs the
+    one override that test_gpu_trf_config_one_override_turns_mixed_precision_off checks."""
+    overrides = {
+        "components.transformer.model.name": str(tiny_bert),
+        "components.global_pointer.model.head_size": 16,
+    }
+    config = spacy.util.load_config(CONFIG_PATH, overrides=overrides, interpolate=True)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    examples = _examples(nlp, ZH_DATA[:2])
+    optimizer = nlp.initialize(lambda: examples)
+    assert len(nlp(ZH_DATA[0][0])) == len(ZH_DATA[0][0])  # prediction works on CPU
+    with pytest.raises(ValueError, match="Gradient scaling"):
+        nlp.update(examples, sgd=optimizer)
+
+
+def _write_corpus(path: Path) -> Path:
+    nlp = spacy.blank("zh")
+    DocBin(docs=[_doc(nlp, text, spans) for text, spans in ZH_DATA]).to_disk(path)
+    return path
+
+
+def _train_with_config(model_dir: Path, workdir: Path, *, use_gpu: int, mixed_precision: bool):
+    """`spacy train configs/gpu_trf.cfg`, scaled down to the tiny model; returns the log."""
+    from spacy.cli.train import train
+
+    corpus = _write_corpus(workdir / "train.spacy")
+    log_path = workdir / "log.jsonl"
+    overrides = {
+        "paths.train": str(corpus),
+        "paths.dev": str(corpus),
+        "components.transformer.model.name": str(model_dir),
+        "components.transformer.model.mixed_precision": mixed_precision,
+        "components.global_pointer.model.head_size": 16,
+        "training.max_steps": 60,
+        "training.eval_frequency": 10,
+        # The tiny random model needs a far higher rate than a pretrained BERT.
+        "training.optimizer.learn_rate.initial_rate": 3e-3,
+        "training.optimizer.learn_rate.warmup_steps": 5,
+        # ~2-3 docs per batch (batch_by_padded counts padded characters).
+        "training.batcher.size": 24,
+        "training.batcher.buffer": 8,
+        "training.logger.output_file": str(log_path),
+        "training.logger.console_output": False,
+    }
+    train(CONFIG_PATH, workdir / "output", use_gpu=use_gpu, overrides=overrides)
+    return [srsly.json_loads(line) for line in log_path.read_text().splitlines()]
+
+
+def _assert_learned(log):
+    # Each row sums the losses of the updates since the previous evaluation; the first
+    # evaluation comes after the first update (step 0).
+    steps = [row["step"] for row in log]
+    n_updates = numpy.diff([-1] + steps)
+    per_update = numpy.array([row["losses"]["global_pointer"] for row in log]) / n_updates
+    assert len(per_update) >= 5 and numpy.isfinite(per_update).all()
+    assert per_update[-1] < 0.2 * per_update[0], per_update
+    assert max(row["score"] for row in log) > 0.5, [row["score"] for row in log]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_bert, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trf_train")
+    log = _train_with_config(tiny_bert, workdir, use_gpu=-1, mixed_precision=False)
+    return workdir / "output", log
+
+
+def test_spacy_train_with_gpu_trf_config_learns(trained_dir):
+    output, log = trained_dir
+    _assert_learned(log)
+    assert (output / "model-best").is_dir() and (output / "model-last").is_dir()
+    meta = srsly.read_json(output / "model-best" / "meta.json")
+    assert meta["performance"]["spans_sc_f"] > 0.5
+
+
+@pytest.mark.parametrize("which", ["model-best", "model-last"])
+def test_trained_pipeline_reloads_with_identical_predictions(trained_dir, which):
+    output, _ = trained_dir
+    texts = [text for text, _ in ZH_DATA] + ["北京大学的学生来自上海"]
+    first, second = spacy.load(output / which), spacy.load(output / which)
+    docs1 = [first(text) for text in texts]
+    docs2 = list(second.pipe(texts, batch_size=3))
+    assert sum(len(doc.spans[KEY]) for doc in docs1) > 0
+    for doc1, doc2 in zip(docs1, docs2):
+        assert _span_tuples(doc1) == _span_tuples(doc2)
+        numpy.testing.assert_allclose(
+            doc1.spans[KEY].attrs["scores"], doc2.spans[KEY].attrs["scores"], rtol=1e-5, atol=1e-5
+        )
+    # The full score tensors, not only the decoded spans, survive the reload, and a
+    # to_bytes/from_bytes round trip as well.
+    third = spacy.util.load_model_from_config(first.config, auto_fill=False)
+    third.from_bytes(first.to_bytes())
+    docs3 = [third(text) for text in texts[:3]]
+    expected = first.get_pipe("global_pointer").predict(docs1[:3])
+    for docs, nlp in ((docs2, second), (docs3, third)):
+        numpy.testing.assert_allclose(
+            nlp.get_pipe("global_pointer").predict(docs[:3]), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+# -- wordpiece alignment and long docs -------------------------------------------
+
+
+def test_english_multi_wordpiece_entity_is_recovered(tiny_bert):
+    fix_random_seed(0)
+    nlp = _trf_nlp("en", tiny_bert)
+    examples = _examples(nlp, EN_DATA)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(1e-3)
+    for _ in range(100):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+    assert losses["global_pointer"] < 0.1, losses
+
+    doc = nlp("I love globalpointer models")
+    assert [t.text for t in doc] == ["I", "love", "globalpointer", "models"]
+    lengths = _assert_tokens_get_mean_of_wordpieces(nlp, doc)
+    assert lengths[2] == 3  # global ##point ##er
+    assert sorted(_span_tuples(doc)) == [(2, 3, "TOOL"), (2, 4, "THING")]
+    doc = nlp("the globalpointer model is a tool")
+    assert sorted(_span_tuples(doc)) == [(1, 2, "TOOL"), (1, 3, "THING")]
+
+
+def test_long_doc_is_covered_by_strided_windows(tiny_bert):
+    fix_random_seed(0)
+    window, stride = 16, 12
+    nlp = _trf_nlp("zh", tiny_bert, window=window, stride=stride)
+    examples = _examples(nlp, ZH_DATA)
+    nlp.initialize(lambda: examples)
+    long_text = "".join(text for text, _ in ZH_DATA)  # 49 characters
+    long_gold = []
+    offset = 0
+    for text, spans in ZH_DATA:
+        long_gold += [(s + offset, e + offset, label) for s, e, label in spans]
+        offset += len(text)
+    long_example = _examples(nlp, [(long_text, long_gold)])
+    assert len(long_example[0].predicted) > 3 * window
+
+    # Training on the long doc backpropagates through all its windows.
+    optimizer = Adam(1e-3)
+    for _ in range(3):
+        losses = {}
+        nlp.update(examples + long_example, sgd=optimizer, losses=losses)
+        assert numpy.isfinite(losses["global_pointer"])
+
+    doc = nlp(long_text)
+    hidden = doc._.trf_data.model_output.last_hidden_state
+    assert hidden.shape[0] >= 4  # several windows
+    lengths = _assert_tokens_get_mean_of_wordpieces(nlp, doc)
+    assert lengths.max() == 2  # tokens in the overlaps get a wordpiece from each window
+    scores = nlp.get_pipe("global_pointer").predict([doc])
+    n = len(doc)
+    assert scores.shape[2] == n and scores.shape[3] == n
+    # Band layout (start, width): every span (i, i + d) inside the doc is a candidate
+    # with a finite score, including those that start or end in the last window.
+    candidates = numpy.arange(n)[:, None] + numpy.arange(n)[None, :] < n
+    assert numpy.isfinite(scores[0][:, candidates]).all()
+    assert (scores[0][:, ~candidates] == FP32_MIN).all()
+    assert isinstance(doc.spans[KEY].attrs["scores"], numpy.ndarray)
+
+
+# -- mixed precision ----------------------------------------------------------------
+
+# Largest error relative to the largest score magnitude: bf16 keeps 8 bits of mantissa.
+TOLERANCE = {torch.bfloat16: 0.05, torch.float16: 0.01}
+
+
+@pytest.mark.parametrize("head_class", [GlobalPointerHead, EfficientGlobalPointerHead])
+@pytest.mark.parametrize("band", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_head_under_cpu_autocast_matches_fp32_and_stays_finite(head_class, band, dtype):
+    torch.manual_seed(0)
+    head = head_class(32, 3, head_size=16)
+    X = torch.randn(3, 7, 32) * 2
+    lengths = torch.tensor([7, 0, 1])  # a full row, a fully padded row, a one-token row
+    with torch.no_grad():
+        reference = head(X, lengths, band)
+    X_amp = X.clone().requires_grad_(True)
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        scores = head(X_amp, lengths, band)
+        # Autocast really ran the projections in low precision.
+        assert head.proj(X_amp).dtype == dtype
+
+    assert scores.dtype == torch.float32
+    candidates = reference > FP32_MIN
+    assert torch.equal(scores > FP32_MIN, candidates)
+    assert (scores[~candidates] == FP32_MIN).all()
+    assert not candidates[1].any()  # the empty row has no candidate at all
+    assert candidates[2].sum() == 3  # the one-token row has one per type
+    assert torch.isfinite(scores[candidates]).all()
+    rel_err = (scores - reference).abs()[candidates].max() / reference.abs()[candidates].max()
+    assert rel_err < TOLERANCE[dtype], float(rel_err)
+
+    targets = numpy.zeros(scores.shape, dtype=bool)
+    targets[0, 0, 1, 0] = targets[0, 2, 2, 1] = targets[2, 1, 0, 0] = True
+    loss, d_scores = multilabel_categorical_crossentropy(
+        scores.detach().numpy(), targets, candidates.numpy()
+    )
+    assert numpy.isfinite(loss) and loss > 0
+    assert d_scores.dtype == numpy.float32 and numpy.isfinite(d_scores).all()
+    assert (d_scores[~candidates.numpy()] == 0).all()
+    scores.backward(torch.from_numpy(d_scores))
+    assert torch.isfinite(X_amp.grad).all() and X_amp.grad[0].abs().sum() > 0
+    assert (X_amp.grad[1] == 0).all()  # padding gets no gradient
+    for name, param in head.named_parameters():
+        assert torch.isfinite(param.grad).all(), name
+
+
+def test_pipeline_trains_under_cpu_bf16_autocast():
+    """The Thinc wrapper path (padding, xp2torch, backprop, torch2xp) with the head in bf16."""
+    fix_random_seed(0)
+    nlp = spacy.blank("zh")
+    nlp.add_pipe("global_pointer", config={"model": {"head_size": 16}})
+    examples = _examples(nlp, ZH_DATA + [("", [])])
+    optimizer = nlp.initialize(lambda: examples[:-1])
+    history = []
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        for _ in range(15):
+            losses = {}
+            nlp.update(examples, sgd=optimizer, losses=losses)
+            history.append(losses["global_pointer"])
+        scores = nlp.get_pipe("global_pointer").predict([eg.predicted for eg in examples])
+    assert numpy.isfinite(history).all() and history[-1] < history[0]
+    assert scores.dtype == numpy.float32
+    assert numpy.isfinite(scores[scores > FP32_MIN]).all()
+
+
+# -- GPU ------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_spacy_train_on_gpu_with_mixed_precision(tiny_bert, tmp_path):
+    try:
+        log = _train_with_config(tiny_bert, tmp_path, use_gpu=0, mixed_precision=True)
+    finally:
+        spacy.require_cpu()
+    _assert_learned(log)
+    nlp = spacy.load(tmp_path / "output" / "model-last")
+    doc = nlp(ZH_DATA[0][0])
+    assert numpy.isfinite(doc.spans[KEY].attrs["scores"]).all()
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_trained_pipeline_scores_match_on_cpu_and_gpu(trained_dir):
+    output, _ = trained_dir
+    texts = [text for text, _ in ZH_DATA]
+    nlp_cpu = spacy.load(output / "model-last")
+    docs_cpu = list(nlp_cpu.pipe(texts))
+    scores_cpu = nlp_cpu.get_pipe("global_pointer").predict(docs_cpu)
+    try:
+        spacy.require_gpu(0)
+        nlp_gpu = spacy.load(output / "model-last")
+        head = nlp_gpu.get_pipe("global_pointer").model.get_ref("head")
+        assert head.shims[0].device.type == "cuda"
+        docs_gpu = list(nlp_gpu.pipe(texts))
+        scores_gpu = nlp_gpu.get_pipe("global_pointer").model.ops.to_numpy(
+            nlp_gpu.get_pipe("global_pointer").predict(docs_gpu)
+        )
+    finally:
+        spacy.require_cpu()
+    valid = scores_cpu > FP32_MIN
+    assert numpy.array_equal(valid, scores_gpu > FP32_MIN)
+    scale = numpy.abs(scores_cpu[valid]).max()
+    assert numpy.abs(scores_gpu[valid] - scores_cpu[valid]).max() < 1e-3 * scale
+    for doc_cpu, doc_gpu in zip(docs_cpu, docs_gpu):
+        assert _span_tuples(doc_cpu) == _span_tuples(doc_gpu)
