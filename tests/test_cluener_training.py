@@ -16,28 +16,28 @@ from .conftest import CONFIGS, shared_data_dir
 
 STEPS = 300
 BATCH_SIZE = 32
-F1_FLOOR = {"spacy-globalpointer.GlobalPointer.v1": None}
+# Measured: 54.21 dev F1 (configs/cpu.cfg, seed 0, 300 steps of 32 docs, about 4 CPU minutes).
+F1_FLOOR = 0.50
 
 
-def cluener_examples(nlp, split, limit=None):
+def cluener_examples(nlp, split):
     path = shared_data_dir() / "cluener" / f"{split}.json"
     if not path.exists():
         pytest.skip(f"CLUENER data not found at {path}")
     docs, report = read_cluener(path, nlp)
     assert report.n_misaligned == 0
-    docs = docs[:limit] if limit else docs
     return [Example(nlp.make_doc(doc.text), doc) for doc in docs]
 
 
-def train_and_score(overrides, steps=STEPS, dev_limit=None):
+def train_and_score(overrides, steps=STEPS):
     fix_random_seed(0)
     config = spacy.util.load_config(CONFIGS / "cpu.cfg", overrides=overrides)
     nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
     train = cluener_examples(nlp, "train")
-    dev = cluener_examples(nlp, "dev", dev_limit)
+    dev = cluener_examples(nlp, "dev")
     optimizer = nlp.initialize(lambda: train)
     rng = random.Random(0)
-    for step in range(steps):
+    for _ in range(steps):
         batch = rng.sample(train, BATCH_SIZE)
         nlp.update(batch, sgd=optimizer, drop=0.1)
     return nlp.evaluate(dev)["spans_sc_f"]
@@ -47,4 +47,4 @@ def train_and_score(overrides, steps=STEPS, dev_limit=None):
 def test_cluener_dev_f1_floor():
     f1 = train_and_score({})
     print(f"CLUENER dev F1 after {STEPS} steps of {BATCH_SIZE} docs: {f1 * 100:.2f}")
-    assert f1 >= 0.40
+    assert f1 >= F1_FLOOR
