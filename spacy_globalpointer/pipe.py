@@ -439,7 +439,9 @@ def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> Li
     Ties go to the longer span, then the earlier one.
     """
     ranked = sorted(zip(spans, scores), key=lambda x: (-float(x[1]), -len(x[0]), x[0].start))
-    taken = numpy.zeros(max((s.doc.__len__() for s, _ in ranked), default=0), dtype="bool")
+    if not ranked:
+        return []
+    taken = numpy.zeros(len(ranked[0][0].doc), dtype="bool")
     chosen = []
     for span, _ in ranked:
         if not taken[span.start : span.end].any():
