@@ -595,7 +595,6 @@ def plot(report: Dict[str, Any], path: Path) -> None:
         if s.get("best"):
             ax.plot([s["best"]["minutes"]], [s["best"]["f"] * 100], marker="*", markersize=12, color=line.get_color())
     ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
     ax.set_xlabel("training minutes (evaluation included)")
     ax.set_ylabel("dev F1 (%)")
     settings = report["settings"]
