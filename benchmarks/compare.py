@@ -1,0 +1,787 @@
+"""Benchmark global_pointer side by side with spaCy's `ner` and `spancat`.
+
+Every system is trained by `python -m spacy train` from one base config: the same tok2vec
+component, optimizer, batcher, seed and step budget; only the task component differs.
+
+    python benchmarks/compare.py --train corpus/cluener/train.spacy --dev corpus/cluener/dev.spacy \
+        --config configs/cpu.cfg --max-steps 2000 --eval-frequency 200 --out results/cluener \
+        [--systems global_pointer,efficient_global_pointer,ner,spancat] \
+        [--limit-train N] [--limit-dev N] [--spans-key sc] [--max-span-length auto|N] \
+        [--components.tok2vec.model.encode.width 32 ...]
+
+Trailing `--section.key value` arguments override the base config (as in `spacy train`) for
+every system. The gold spans are read from `doc.spans[spans_key]` of both DocBins.
+
+Writes to --out: `corpus/` (the data each system trains on; `ner_*.spacy` carry `doc.ents`
+= `filter_spans(doc.spans[key])`), one folder per system (`config.cfg`, `train.log`,
+`train_log.jsonl`, `training/model-best`, `inference.json`, `result.json`), and
+`compare.json`, `compare.md` and `compare.png` (dev F1 against training minutes).
+
+Timings: each training and each inference measurement runs in its own subprocess with one
+thread (OMP/MKL/OpenBLAS and torch); its peak RSS comes from `os.wait4`. Train words/s is
+words seen / seconds at the last evaluation, evaluation and checkpointing included (spaCy's
+definition); `compare.json` also has an estimate without them. Inference words/s is the median
+of `--repeats` timed `nlp.pipe(texts, batch_size=1000)` passes over the dev texts with
+`model-best`, after a warm-up. A second pass calls each component's `predict` and
+`set_annotations` batch by batch to give each component's share of the time.
+"""
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOGGER_CODE = HERE / "jsonl_logger.py"
+SYSTEMS = ("global_pointer", "efficient_global_pointer", "ner", "spancat")
+GP_ARCHITECTURES = {
+    "global_pointer": "spacy-globalpointer.GlobalPointer.v1",
+    "efficient_global_pointer": "spacy-globalpointer.EfficientGlobalPointer.v1",
+}
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+# Longest n-gram spancat suggests when --max-span-length is "auto" (the longest gold span, capped).
+DEFAULT_MAX_SPAN_CAP = 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _read_docs(path: Path, vocab, limit: int) -> list:
+    from spacy.tokens import DocBin
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such DocBin (.spacy file); convert the data first")
+    docs = list(DocBin().from_disk(path).get_docs(vocab))
+    return docs[:limit] if limit else docs
+
+
+def _span_stats(docs: list, key: str) -> Dict[str, Any]:
+    spans = [span for doc in docs if key in doc.spans for span in doc.spans[key]]
+    labels: Dict[str, int] = {}
+    for span in spans:
+        labels[span.label_] = labels.get(span.label_, 0) + 1
+    return {
+        "n_docs": len(docs),
+        "n_docs_with_key": sum(key in doc.spans for doc in docs),
+        "n_words": sum(len(doc) for doc in docs),
+        "n_spans": len(spans),
+        "longest_span": max((len(span) for span in spans), default=0),
+        "labels": dict(sorted(labels.items())),
+    }
+
+
+def _as_ents(docs: list, key: str) -> Tuple[list, int]:
+    """Copies of the docs whose `doc.ents` are the longest non-overlapping subset of
+    `doc.spans[key]` (spacy.util.filter_spans), and how many gold spans were dropped."""
+    from spacy.util import filter_spans
+
+    out, dropped = [], 0
+    for doc in docs:
+        doc = doc.copy()
+        spans = list(doc.spans[key]) if key in doc.spans else []
+        kept = filter_spans(spans)
+        dropped += len(spans) - len(kept)
+        doc.set_ents(kept, default="outside")
+        out.append(doc)
+    return out, dropped
+
+
+def prepare_corpora(
+    train: Path, dev: Path, out: Path, *, lang: str, spans_key: str, limit_train: int = 0, limit_dev: int = 0
+) -> Dict[str, Any]:
+    """Write the (sliced) train/dev DocBins for span systems and `ner_*` copies for `ner`."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank(lang)
+    folder = out / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    info: Dict[str, Any] = {"source": {"train": str(train), "dev": str(dev)}, "paths": {}}
+    for split, path, limit in (("train", train, limit_train), ("dev", dev, limit_dev)):
+        docs = _read_docs(path, nlp.vocab, limit)
+        stats = _span_stats(docs, spans_key)
+        if not docs:
+            raise ValueError(f"{path}: no docs to {split} on")
+        if stats["n_docs_with_key"] == 0:
+            raise ValueError(
+                f"{path}: no doc has doc.spans[{spans_key!r}]; pass --spans-key with the key the "
+                "converter wrote (python -m spacy_globalpointer convert ... --spans-key KEY)"
+            )
+        ner_docs, dropped = _as_ents(docs, spans_key)
+        stats["ner_dropped_overlapping"] = dropped
+        info[split] = stats
+        info["paths"][split] = str(folder / f"{split}.spacy")
+        info["paths"][f"ner_{split}"] = str(folder / f"ner_{split}.spacy")
+        DocBin(docs=docs, store_user_data=True).to_disk(info["paths"][split])
+        DocBin(docs=ner_docs, store_user_data=True).to_disk(info["paths"][f"ner_{split}"])
+    if not info["train"]["n_spans"]:
+        raise ValueError(f"{train}: the training docs have no spans under doc.spans[{spans_key!r}]")
+    return info
+
+
+def resolve_max_span_length(value: str, longest: int, cap: int) -> int:
+    """spancat's longest suggested n-gram: an integer, or "auto" = the longest train span, capped."""
+    if value == "auto":
+        return max(1, min(longest, cap))
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--max-span-length must be 'auto' or an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--max-span-length must be 'auto' or an integer >= 1, got {value!r}")
+    return n
+
+
+def _count_longer(path: str, lang: str, key: str, n: int) -> int:
+    import spacy
+
+    docs = _read_docs(Path(path), spacy.blank(lang).vocab, 0)
+    return sum(len(span) > n for doc in docs if key in doc.spans for span in doc.spans[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+def _find_global_pointer(config) -> str:
+    names = [name for name, block in config["components"].items() if block.get("factory") == "global_pointer"]
+    if len(names) != 1:
+        raise ValueError(
+            f"the base config needs exactly one component with factory = \"global_pointer\" "
+            f"(found {names or 'none'}); its tok2vec sub-block is given to every system"
+        )
+    return names[0]
+
+
+def task_component(
+    system: str, base_gp: Dict[str, Any], *, spans_key: str, max_span_length: int
+) -> Tuple[str, Dict[str, Any]]:
+    """(component name, config block) of a system's task component. Every block gets a copy of
+    the base global_pointer's `model.tok2vec` block (in the shipped configs, a Tok2VecListener)."""
+    tok2vec = copy.deepcopy(base_gp["model"]["tok2vec"])
+    if system in GP_ARCHITECTURES:
+        block = copy.deepcopy(base_gp)
+        block["spans_key"] = spans_key
+        block["model"]["@architectures"] = GP_ARCHITECTURES[system]
+        return "", block  # the name is the base config's
+    if system == "ner":
+        # As `spacy init config --pipeline tok2vec,ner` writes it.
+        return "ner", {
+            "factory": "ner",
+            "incorrect_spans_key": None,
+            "moves": None,
+            "update_with_oracle_cut_size": 100,
+            "scorer": {"@scorers": "spacy.ner_scorer.v1"},
+            "model": {
+                "@architectures": "spacy.TransitionBasedParser.v2",
+                "state_type": "ner",
+                "extra_state_tokens": False,
+                "hidden_width": 64,
+                "maxout_pieces": 2,
+                "use_upper": True,
+                "nO": None,
+                "tok2vec": tok2vec,
+            },
+        }
+    if system == "spancat":
+        # As `spacy init config --pipeline tok2vec,spancat` writes it, with a range suggester
+        # that reaches the long gold spans.
+        return "spancat", {
+            "factory": "spancat",
+            "max_positive": None,
+            "spans_key": spans_key,
+            "threshold": 0.5,
+            "scorer": {"@scorers": "spacy.spancat_scorer.v1"},
+            "model": {
+                "@architectures": "spacy.SpanCategorizer.v1",
+                "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 128},
+                "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": None, "nI": None},
+                "tok2vec": tok2vec,
+            },
+            "suggester": {"@misc": "spacy.ngram_range_suggester.v1", "min_size": 1, "max_size": max_span_length},
+        }
+    raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+
+
+def score_weights(system: str, spans_key: str) -> Dict[str, Optional[float]]:
+    """model-best is picked by the system's own F."""
+    if system == "ner":
+        return {"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None}
+    return {f"spans_{spans_key}_f": 1.0, f"spans_{spans_key}_p": 0.0, f"spans_{spans_key}_r": 0.0}
+
+
+def score_prefix(system: str, spans_key: str) -> str:
+    return "ents" if system == "ner" else f"spans_{spans_key}"
+
+
+def build_config(
+    base,
+    system: str,
+    *,
+    train: str,
+    dev: str,
+    spans_key: str,
+    max_span_length: int,
+    max_steps: int,
+    eval_frequency: int,
+    seed: Optional[int],
+    log_path: str,
+):
+    """The config `spacy train` runs for one system: `base` with its global_pointer swapped for
+    the system's component, and the data, budget, score weights and logger set."""
+    config = copy.deepcopy(base)
+    gp_name = _find_global_pointer(config)
+    name, block = task_component(
+        system, config["components"][gp_name], spans_key=spans_key, max_span_length=max_span_length
+    )
+    name = name or gp_name
+    del config["components"][gp_name]
+    config["components"][name] = block
+    config["nlp"]["pipeline"] = [name if pipe == gp_name else pipe for pipe in config["nlp"]["pipeline"]]
+    init_components = config.get("initialize", {}).get("components", {})
+    if name != gp_name and gp_name in init_components:
+        del init_components[gp_name]
+    config["paths"]["train"] = train
+    config["paths"]["dev"] = dev
+    if seed is not None:
+        config["system"]["seed"] = seed
+    config["training"]["max_steps"] = max_steps
+    config["training"]["eval_frequency"] = eval_frequency
+    config["training"]["score_weights"] = score_weights(system, spans_key)
+    config["training"]["logger"] = {
+        "@loggers": "spacy-globalpointer.JSONLLogger.v1",
+        "path": log_path,
+        "console": True,
+    }
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses
+
+
+def _child_env(threads: int) -> Dict[str, str]:
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    # The checkout under test, not whatever copy of the package is installed.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def run_measured(cmd: Sequence[str], log: Path, threads: int) -> Dict[str, Any]:
+    """Run a command with stdout+stderr to `log`; its exit code, wall seconds and peak RSS (MB)."""
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf8") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=_child_env(threads))
+        try:
+            # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be the max over all children.
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    rss_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return {"returncode": proc.returncode, "wall_seconds": time.perf_counter() - start, "peak_rss_mb": rss_mb}
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf8", errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference worker (runs in its own process: python compare.py _infer ...)
+
+
+def _timed_components(nlp, texts: List[str], batch_size: int) -> Dict[str, Dict[str, float]]:
+    """Seconds per component over all texts: tokenizer, then each pipe's predict and set_annotations."""
+    from spacy.util import minibatch
+
+    times: Dict[str, Dict[str, float]] = {"tokenizer": {"total": 0.0}}
+    start = time.perf_counter()
+    docs = [nlp.make_doc(text) for text in texts]
+    times["tokenizer"]["total"] = time.perf_counter() - start
+    for name, proc in nlp.pipeline:
+        predict = annotate = 0.0
+        for batch in minibatch(docs, batch_size):
+            if hasattr(proc, "predict") and hasattr(proc, "set_annotations"):
+                t0 = time.perf_counter()
+                scores = proc.predict(batch)
+                t1 = time.perf_counter()
+                proc.set_annotations(batch, scores)
+                t2 = time.perf_counter()
+                predict += t1 - t0
+                annotate += t2 - t1
+            else:  # a component without a model (e.g. a sentencizer) annotates in place
+                t0 = time.perf_counter()
+                for _ in proc.pipe(batch):
+                    pass
+                predict += time.perf_counter() - t0
+        times[name] = {"predict": predict, "set_annotations": annotate, "total": predict + annotate}
+    return times
+
+
+def _score_against_gold(docs: list, gold: list, key: str, use_ents: bool) -> Dict[str, Any]:
+    """P/R/F of the predictions against every gold span in doc.spans[key], overlaps allowed
+    (for ner, whose own dev scores are against the filtered gold)."""
+    from spacy.scorer import Scorer
+    from spacy.training import Example
+
+    probe = "_compare"
+    examples = []
+    for pred, ref in zip(docs, gold):
+        pred.spans[probe] = list(pred.ents) if use_ents else list(pred.spans.get(key, []))
+        ref.spans[probe] = list(ref.spans.get(key, []))
+        examples.append(Example(pred, ref))
+    scores = Scorer.score_spans(
+        examples, probe, getter=lambda doc, attr: doc.spans.get(probe, []), allow_overlap=True
+    )
+    return {
+        "p": scores[f"{probe}_p"],
+        "r": scores[f"{probe}_r"],
+        "f": scores[f"{probe}_f"],
+        "per_type": scores[f"{probe}_per_type"],
+    }
+
+
+def infer_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="compare.py _infer", description="Time one model on the dev texts.")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("dev", type=Path)
+    parser.add_argument("result", type=Path)
+    parser.add_argument("--spans-key", default="sc")
+    parser.add_argument("--use-ents", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    import spacy
+
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ImportError:  # pragma: no cover
+        pass
+    load_start = time.perf_counter()
+    nlp = spacy.load(args.model)
+    load_seconds = time.perf_counter() - load_start
+    gold = _read_docs(args.dev, nlp.vocab, 0)
+    texts = [doc.text for doc in gold]
+    list(nlp.pipe(texts[: args.warmup], batch_size=args.batch_size))
+    runs, docs = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        docs = list(nlp.pipe(texts, batch_size=args.batch_size))
+        runs.append(time.perf_counter() - start)
+    words = sum(len(doc) for doc in docs)
+    seconds = statistics.median(runs)
+    profiles = [_timed_components(nlp, texts, args.batch_size) for _ in range(args.repeats)]
+    components = {
+        name: {part: statistics.median(p[name][part] for p in profiles) for part in profiles[0][name]}
+        for name in profiles[0]
+    }
+    profiled_total = sum(c["total"] for c in components.values())
+    for c in components.values():
+        c["share"] = c["total"] / profiled_total if profiled_total else 0.0
+    result = {
+        "n_texts": len(texts),
+        "words": words,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "seconds": runs,
+        "median_seconds": seconds,
+        "words_per_second": words / seconds if seconds else 0.0,
+        "load_seconds": load_seconds,
+        "components": components,
+        "profiled_seconds": profiled_total,
+        "threads": {var: os.environ.get(var) for var in THREAD_VARS},
+        "all_gold": _score_against_gold(docs, gold, args.spans_key, args.use_ents),
+    }
+    args.result.write_text(json.dumps(result, indent=2), encoding="utf8")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+
+
+def summarize_log(records: List[Dict[str, Any]], prefix: str) -> Dict[str, Any]:
+    """The best evaluation, the curve and the training throughput. Of equal best scores the
+    latest is taken: spaCy overwrites model-best on a tie, so that is the model measured."""
+    if not records:
+        return {}
+
+    def prf(record):
+        scores = record["scores"]
+        return {k: scores.get(f"{prefix}_{k}", 0.0) for k in ("p", "r", "f")}
+
+    best = max(records, key=lambda r: (r["score"] if r["score"] is not None else float("-inf"), r["step"]))
+    last = records[-1]
+    train_seconds = max(last["elapsed"] - last.get("eval_seconds", 0.0), 1e-9)
+    return {
+        "best": {
+            "step": best["step"],
+            "epoch": best["epoch"],
+            "seconds": best["elapsed"],
+            "minutes": best["elapsed"] / 60,
+            "words": best["words"],
+            **prf(best),
+            "per_type": best["per_type"].get(f"{prefix}_per_type", {}),
+        },
+        "last": {"step": last["step"], "epoch": last["epoch"], "seconds": last["elapsed"], **prf(last)},
+        "curve": [
+            {"step": r["step"], "minutes": r["elapsed"] / 60, "words": r["words"], **prf(r)} for r in records
+        ],
+        "throughput": {
+            "n_evaluations": len(records),
+            "words": last["words"],
+            "seconds": last["elapsed"],
+            "eval_seconds": last.get("eval_seconds", 0.0),
+            "words_per_second": last["words"] / last["elapsed"] if last["elapsed"] else 0.0,
+            "words_per_second_excl_eval": last["words"] / train_seconds,
+        },
+    }
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("spacy", "thinc", "torch", "numpy", "spacy-globalpointer"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _machine() -> Dict[str, Any]:
+    try:
+        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "nproc": nproc,
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if result.returncode:
+        return None
+    return result.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _fmt(value: Optional[float], spec: str = ".2f", scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def format_markdown(report: Dict[str, Any]) -> str:
+    systems = report["systems"]
+    ner_wps = (systems.get("ner", {}).get("inference") or {}).get("words_per_second")
+    lines = [
+        "| system | best F | P | R | step of best | min to best | train words/s | infer words/s "
+        "| infer x ner | train RSS MB | infer RSS MB | model MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in systems.items():
+        if s.get("status") != "ok":
+            lines.append(f"| {name} | failed: {s.get('error', '?')} |" + " |" * 10)
+            continue
+        best, train, inf = s["best"], s["train"], s["inference"]
+        ratio = inf["words_per_second"] / ner_wps if ner_wps else None
+        lines.append(
+            f"| {name} | {_fmt(best['f'], scale=100)} | {_fmt(best['p'], scale=100)} | {_fmt(best['r'], scale=100)} "
+            f"| {best['step']} | {_fmt(best['minutes'])} | {_fmt(train['words_per_second'], '.0f')} "
+            f"| {_fmt(inf['words_per_second'], '.0f')} | {_fmt(ratio)} | {_fmt(train['peak_rss_mb'], '.0f')} "
+            f"| {_fmt(inf['peak_rss_mb'], '.0f')} | {_fmt(s['model_mb'], '.1f')} |"
+        )
+    ok = {name: s for name, s in systems.items() if s.get("status") == "ok"}
+    labels = sorted({label for s in ok.values() for label in s["best"]["per_type"]})
+    if labels:
+        lines += ["", "Per-type dev F at each system's best evaluation:", ""]
+        lines.append("| type | " + " | ".join(ok) + " |")
+        lines.append("|---|" + "---:|" * len(ok))
+        for label in labels:
+            cells = [_fmt(s["best"]["per_type"].get(label, {}).get("f"), scale=100) for s in ok.values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if ok:
+        lines += [
+            "",
+            "Timing details: train minutes in all; of them evaluation and checkpointing (estimated); "
+            "train words/s without them; the task component's share of inference time (predict + "
+            "set_annotations, of tokenizer + all components); F against all gold spans (ner's own "
+            "scores use the filter_spans gold).",
+            "",
+            "| system | train min | eval min | train words/s excl. eval | task share of inference (predict + set_annotations) | F all gold |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, s in ok.items():
+            train, inf = s["train"], s["inference"]
+            task = inf["components"].get(s["component"], {})
+            profiled = inf["profiled_seconds"] or 1.0
+            share = (
+                f"{_fmt(task.get('share'), '.1f', 100)}% ({_fmt(task.get('predict', 0) / profiled, '.1f', 100)} + "
+                f"{_fmt(task.get('set_annotations', 0) / profiled, '.1f', 100)})"
+            )
+            lines.append(
+                f"| {name} | {_fmt(train['seconds'] / 60)} | {_fmt(train['eval_seconds'] / 60)} "
+                f"| {_fmt(train['words_per_second_excl_eval'], '.0f')} | {share} "
+                f"| {_fmt(inf['all_gold']['f'], scale=100)} |"
+            )
+    data = report["data"]
+    lines += [
+        "",
+        f"Data: train {data['train']['n_docs']} docs / {data['train']['n_spans']} spans, dev "
+        f"{data['dev']['n_docs']} docs / {data['dev']['n_spans']} spans. ner: filter_spans dropped "
+        f"{data['train']['ner_dropped_overlapping']} overlapping train spans and "
+        f"{data['dev']['ner_dropped_overlapping']} dev spans. spancat suggests 1..{data['spancat_max_size']} "
+        f"tokens ({data['train_spans_longer_than_max_size']} train and {data['dev_spans_longer_than_max_size']} "
+        f"dev spans are longer).",
+        f"Budget: {report['settings']['max_steps']} steps, evaluation every {report['settings']['eval_frequency']}, "
+        f"seed {report['settings']['seed']}, {report['settings']['threads']} thread(s) per run, nproc "
+        f"{report['machine']['nproc']}, load average at start {report['machine']['load_average']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in report["systems"].items():
+        curve = s.get("curve") or []
+        if not curve:
+            continue
+        (line,) = ax.plot([c["minutes"] for c in curve], [c["f"] * 100 for c in curve], marker=".", label=name)
+        if s.get("best"):
+            ax.plot([s["best"]["minutes"]], [s["best"]["f"] * 100], marker="*", markersize=12, color=line.get_color())
+    ax.set_xlim(left=0)
+    ax.set_xlabel("training minutes (evaluation included)")
+    ax.set_ylabel("dev F1 (%)")
+    settings = report["settings"]
+    ax.set_title(f"{Path(settings['out']).name}: {settings['max_steps']} steps, {settings['threads']} thread(s) per run")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def run_system(
+    system: str,
+    config,
+    out: Path,
+    *,
+    python: str,
+    threads: int,
+    dev: str,
+    spans_key: str,
+    repeats: int,
+    component: str,
+) -> Dict[str, Any]:
+    folder = out / system
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.cfg"
+    config.to_disk(config_path, interpolate=False)
+    log_path = folder / "train_log.jsonl"
+    if log_path.exists():
+        log_path.unlink()
+    prefix = score_prefix(system, spans_key)
+    result: Dict[str, Any] = {
+        "status": "failed",
+        "component": component,
+        "architecture": config["components"][component]["model"].get("@architectures"),
+        "config": str(config_path),
+        "score_prefix": prefix,
+    }
+    cmd = [python, "-m", "spacy", "train", str(config_path), "--output", str(folder / "training"),
+           "--code", str(LOGGER_CODE)]
+    print(f"[{system}] training: {shlex.join(cmd)}", flush=True)
+    train = run_measured(cmd, folder / "train.log", threads)
+    records = read_log(log_path)
+    summary = summarize_log(records, prefix)
+    result["train"] = {**train, **summary.pop("throughput", {})}
+    result.update(summary)
+    model = folder / "training" / "model-best"
+    if train["returncode"] != 0 or not records or not model.is_dir():
+        result["error"] = f"spacy train exited with {train['returncode']}; see {folder / 'train.log'}"
+        print(f"[{system}] FAILED\n{_tail(folder / 'train.log')}", flush=True)
+        return result
+    result["model_mb"] = _dir_mb(model)
+    infer_json = folder / "inference.json"
+    cmd = [python, str(Path(__file__).resolve()), "_infer", str(model), dev, str(infer_json),
+           "--spans-key", spans_key, "--repeats", str(repeats)] + (["--use-ents"] if system == "ner" else [])
+    print(f"[{system}] inference: {shlex.join(cmd)}", flush=True)
+    run = run_measured(cmd, folder / "inference.log", threads)
+    if run["returncode"] != 0 or not infer_json.is_file():
+        result["error"] = f"inference exited with {run['returncode']}; see {folder / 'inference.log'}"
+        print(f"[{system}] FAILED\n{_tail(folder / 'inference.log')}", flush=True)
+        return result
+    result["inference"] = {**json.loads(infer_json.read_text(encoding="utf8")), **run}
+    result["status"] = "ok"
+    share = result["inference"]["components"][component]["share"]
+    print(
+        f"[{system}] best F {result['best']['f'] * 100:.2f} at step {result['best']['step']}; "
+        f"train {result['train']['words_per_second']:.0f} words/s; "
+        f"infer {result['inference']['words_per_second']:.0f} words/s ({component} {share * 100:.1f}% of it)",
+        flush=True,
+    )
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train global_pointer, efficient_global_pointer, ner and spancat on the same data, "
+        "tok2vec and budget; compare accuracy, speed, memory and size.",
+        epilog="Trailing --section.key value arguments override the base config for every system.",
+    )
+    parser.add_argument("--train", type=Path, required=True, help="train DocBin, gold spans in doc.spans[KEY]")
+    parser.add_argument("--dev", type=Path, required=True, help="dev DocBin, gold spans in doc.spans[KEY]")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "cpu.cfg",
+                        help="base config with a tok2vec and a global_pointer component")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--eval-frequency", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=None, help="default: the base config's system.seed")
+    parser.add_argument("--limit-train", type=int, default=0, help="use the first N train docs (0: all)")
+    parser.add_argument("--limit-dev", type=int, default=0, help="use the first N dev docs (0: all)")
+    parser.add_argument("--spans-key", default="sc")
+    parser.add_argument("--max-span-length", default="auto",
+                        help="spancat's longest suggested span: 'auto' (longest train span, capped) or N")
+    parser.add_argument("--max-span-cap", type=int, default=DEFAULT_MAX_SPAN_CAP)
+    parser.add_argument("--threads", type=int, default=1, help="threads per run (OMP/MKL/OpenBLAS/torch)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed inference passes (median)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_infer"]:
+        return infer_main(argv[1:])
+    args, extra = _parser().parse_known_args(argv)
+    from spacy.cli._util import parse_config_overrides
+    from spacy.util import load_config
+
+    overrides = parse_config_overrides(extra)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise SystemExit(f"--systems: unknown {unknown or 'empty list'}; choose from {', '.join(SYSTEMS)}")
+    if args.max_steps < 1 or args.eval_frequency < 1:
+        raise SystemExit("--max-steps and --eval-frequency must be >= 1")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(args.config, overrides=overrides, interpolate=False)
+    gp_name = _find_global_pointer(base)
+    seed = args.seed if args.seed is not None else base["system"].get("seed")
+    started = datetime.datetime.now().astimezone()
+    data = prepare_corpora(
+        args.train, args.dev, out, lang=base["nlp"]["lang"], spans_key=args.spans_key,
+        limit_train=args.limit_train, limit_dev=args.limit_dev,
+    )
+    max_size = resolve_max_span_length(args.max_span_length, data["train"]["longest_span"], args.max_span_cap)
+    data["spancat_max_size"] = max_size
+    for split in ("train", "dev"):
+        data[f"{split}_spans_longer_than_max_size"] = _count_longer(
+            data["paths"][split], base["nlp"]["lang"], args.spans_key, max_size)
+    print(
+        f"data: train {data['train']['n_docs']} docs, {data['train']['n_spans']} spans; dev "
+        f"{data['dev']['n_docs']} docs, {data['dev']['n_spans']} spans; ner drops "
+        f"{data['train']['ner_dropped_overlapping']} train / {data['dev']['ner_dropped_overlapping']} dev "
+        f"overlapping spans; spancat max_size {max_size}",
+        flush=True,
+    )
+    report: Dict[str, Any] = {
+        "command": shlex.join([sys.executable, str(Path(__file__))] + argv),
+        "argv": argv,
+        "date": started.isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "machine": _machine(),
+        "git_commit": _git_commit(),
+        "settings": {
+            "train": str(args.train), "dev": str(args.dev), "config": str(args.config), "out": str(out),
+            "overrides": overrides, "systems": systems, "max_steps": args.max_steps,
+            "eval_frequency": args.eval_frequency, "seed": seed, "spans_key": args.spans_key,
+            "limit_train": args.limit_train, "limit_dev": args.limit_dev,
+            "max_span_length": args.max_span_length, "threads": args.threads, "repeats": args.repeats,
+            "inference_batch_size": 1000,
+        },
+        "data": data,
+        "systems": {},
+    }
+    for system in systems:
+        ner = system == "ner"
+        config = build_config(
+            base, system,
+            train=data["paths"]["ner_train" if ner else "train"],
+            dev=data["paths"]["ner_dev" if ner else "dev"],
+            spans_key=args.spans_key, max_span_length=max_size, max_steps=args.max_steps,
+            eval_frequency=args.eval_frequency, seed=seed, log_path=str(out / system / "train_log.jsonl"),
+        )
+        component = gp_name if system in GP_ARCHITECTURES else system
+        result = run_system(
+            system, config, out, python=args.python, threads=args.threads, dev=data["paths"]["dev"],
+            spans_key=args.spans_key, repeats=args.repeats, component=component,
+        )
+        (out / system / "result.json").write_text(json.dumps(result, indent=2), encoding="utf8")
+        report["systems"][system] = result
+    report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    (out / "compare.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf8")
+    table = format_markdown(report)
+    (out / "compare.md").write_text(table, encoding="utf8")
+    plot(report, out / "compare.png")
+    print(table)
+    failed = [name for name, s in report["systems"].items() if s.get("status") != "ok"]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""benchmarks/compare.py: global_pointer against spaCy's ner and spancat, end to end on a tiny budget.
+
+The end-to-end run uses the shipped demo data, so it never skips; the CLUENER tests check the data
+preparation (the overlapping train spans that ner cannot take) and that every system's config
+trains and reports the score its model-best is chosen by.
+"""
+import importlib.util
+import itertools
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+import spacy
+from spacy.training import Corpus
+from spacy.util import load_config, load_model_from_config
+
+from spacy_globalpointer.convert import read_cluener, read_jsonl, write_docbin
+
+from .conftest import CONFIGS, REPO, shared_data_dir
+
+SCRIPT = REPO / "benchmarks" / "compare.py"
+SYSTEMS = ["global_pointer", "efficient_global_pointer", "ner", "spancat"]
+NARROW = ["--components.tok2vec.model.encode.width", "32", "--components.tok2vec.model.encode.depth", "1"]
+MAX_STEPS, EVAL_FREQUENCY = 6, 3  # evaluations at steps 0, 3 and 6
+
+
+def _load_compare():
+    spec = importlib.util.spec_from_file_location("benchmarks_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load_compare()
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare_demo")
+    for split, n in (("train", 100), ("dev", 30)):
+        docs, report = read_jsonl(REPO / "assets" / "demo" / f"{split}.jsonl", "zh")
+        report.raise_if(0)
+        write_docbin(docs[:n], root / f"{split}.spacy")
+    out = root / "out"
+    cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
+           "--config", str(CONFIGS / "cpu.cfg"), "--out", str(out), "--systems", ",".join(SYSTEMS),
+           "--max-steps", str(MAX_STEPS), "--eval-frequency", str(EVAL_FREQUENCY), "--repeats", "1"] + NARROW
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return out, result
+
+
+def test_compare_json(demo_run):
+    out, _ = demo_run
+    report = json.loads((out / "compare.json").read_text(encoding="utf8"))
+    assert "compare.py" in report["command"] and report["date"]
+    assert {"spacy", "thinc", "torch"} <= set(report["versions"]) and report["machine"]["nproc"] >= 1
+    assert list(report["systems"]) == SYSTEMS
+    data = report["data"]
+    assert data["train"]["n_docs"] == 100 and data["dev"]["n_docs"] == 30
+    # The demo data nests entities, so ner's gold loses the inner (or outer) ones.
+    assert data["train"]["ner_dropped_overlapping"] > 0
+    assert data["spancat_max_size"] == min(data["train"]["longest_span"], compare.DEFAULT_MAX_SPAN_CAP)
+    for name, s in report["systems"].items():
+        assert s["status"] == "ok", (name, s.get("error"))
+        for part in (s["best"], s["last"], s["inference"]["all_gold"]):
+            assert all(0.0 <= part[k] <= 1.0 for k in ("p", "r", "f")), (name, part)
+        assert s["best"]["step"] in (0, 3, 6) and s["last"]["step"] == MAX_STEPS
+        assert [c["step"] for c in s["curve"]] == [0, 3, 6]
+        assert set(s["best"]["per_type"]) <= {"PER", "LOC", "ORG"}
+        assert s["train"]["words_per_second"] > 0 and s["train"]["words_per_second_excl_eval"] > 0
+        assert s["train"]["peak_rss_mb"] > 0 and s["inference"]["peak_rss_mb"] > 0
+        assert s["inference"]["words_per_second"] > 0 and s["inference"]["n_texts"] == 30
+        assert s["model_mb"] > 0
+        components = s["inference"]["components"]
+        assert set(components) == {"tokenizer", "tok2vec", s["component"]}
+        assert 0 < components[s["component"]]["share"] < 1
+    assert report["systems"]["efficient_global_pointer"]["architecture"].endswith("EfficientGlobalPointer.v1")
+    assert report["systems"]["ner"]["score_prefix"] == "ents"
+    # The span systems train on all gold spans, so model-best rescored on them gives its dev F again.
+    for name in ("global_pointer", "efficient_global_pointer", "spancat"):
+        s = report["systems"][name]
+        assert s["inference"]["all_gold"]["f"] == pytest.approx(s["best"]["f"], abs=1e-6), name
+
+
+def test_compare_markdown_and_png(demo_run):
+    out, result = demo_run
+    table = (out / "compare.md").read_text(encoding="utf8")
+    assert table.startswith("| system | best F | P | R |")
+    for name in SYSTEMS:
+        assert f"\n| {name} | " in table
+    assert "| type |" in table and "| LOC |" in table
+    assert "| system | best F" in result.stdout  # the table is printed at the end
+    width, height = _png_size(out / "compare.png")
+    assert width > 100 and height > 100
+
+
+def test_configs_share_everything_but_the_task(demo_run):
+    out, _ = demo_run
+    configs = {name: load_config(out / name / "config.cfg", interpolate=False) for name in SYSTEMS}
+    for name, config in configs.items():
+        assert config["nlp"]["pipeline"][0] == "tok2vec" and len(config["nlp"]["pipeline"]) == 2
+        assert config["components"]["tok2vec"]["model"]["encode"]["width"] == 32
+    for a, b in itertools.combinations(SYSTEMS, 2):
+        ca, cb = configs[a], configs[b]
+        assert ca["components"]["tok2vec"] == cb["components"]["tok2vec"]
+        assert ca["system"] == cb["system"]
+        for key in ("optimizer", "batcher", "max_steps", "eval_frequency", "seed", "dropout", "patience"):
+            assert ca["training"][key] == cb["training"][key], key
+    assert configs["ner"]["training"]["score_weights"]["ents_f"] == 1.0
+    assert configs["spancat"]["training"]["score_weights"]["spans_sc_f"] == 1.0
+    suggester = configs["spancat"]["components"]["spancat"]["suggester"]
+    assert suggester["@misc"] == "spacy.ngram_range_suggester.v1" and suggester["min_size"] == 1
+    for name in SYSTEMS:
+        component = configs[name]["nlp"]["pipeline"][1]
+        listener = configs[name]["components"][component]["model"]["tok2vec"]
+        assert listener["@architectures"] == "spacy.Tok2VecListener.v1"
+        lines = (out / name / "train_log.jsonl").read_text(encoding="utf8").splitlines()
+        record = json.loads(lines[-1])
+        assert {"step", "epoch", "elapsed", "words", "losses", "score", "scores", "eval_seconds"} <= set(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLUENER: data preparation and per-system configs, in process
+
+
+CLUENER_OVERLAP_LINE = 1506  # 《招商银行：投资永隆银行浮亏逾百亿港元》 (book) holds two companies
+
+
+@pytest.fixture(scope="module")
+def cluener_corpora(tmp_path_factory):
+    source = shared_data_dir() / "cluener"
+    if not (source / "train.json").exists():
+        pytest.skip(f"CLUENER data not found at {source}")
+    root = tmp_path_factory.mktemp("compare_cluener")
+    lines = (source / "train.json").read_text(encoding="utf8").splitlines()
+    (root / "train.json").write_text("\n".join(lines[:200] + [lines[CLUENER_OVERLAP_LINE]]) + "\n", encoding="utf8")
+    dev_lines = (source / "dev.json").read_text(encoding="utf8").splitlines()[:60]
+    (root / "dev.json").write_text("\n".join(dev_lines) + "\n", encoding="utf8")
+    for split in ("train", "dev"):
+        docs, report = read_cluener(root / f"{split}.json", "zh")
+        report.raise_if(0)
+        write_docbin(docs, root / f"{split}.spacy")
+    data = compare.prepare_corpora(root / "train.spacy", root / "dev.spacy", root / "out", lang="zh", spans_key="sc")
+    return root, data
+
+
+def test_cluener_ner_corpus_drops_the_overlap(cluener_corpora):
+    root, data = cluener_corpora
+    assert data["train"]["n_docs"] == 201 and data["dev"]["n_docs"] == 60
+    assert data["train"]["ner_dropped_overlapping"] == 2 and data["dev"]["ner_dropped_overlapping"] == 0
+    nlp = spacy.blank("zh")
+    docs = compare._read_docs(root / "out" / "corpus" / "ner_train.spacy", nlp.vocab, 0)
+    assert [(e.label_, e.text) for e in docs[-1].ents] == [("book", "《招商银行：投资永隆银行浮亏逾百亿港元》")]
+    assert len(docs[-1].spans["sc"]) == 3  # the span copy is untouched
+    spans = compare._read_docs(root / "out" / "corpus" / "train.spacy", nlp.vocab, 0)
+    assert sum(len(doc.spans["sc"]) for doc in spans) == data["train"]["n_spans"]
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_cluener_system_config_trains_and_reports_its_score(cluener_corpora, system, tmp_path):
+    root, data = cluener_corpora
+    base = load_config(CONFIGS / "cpu.cfg", overrides={"components.tok2vec.model.encode.depth": 1}, interpolate=False)
+    ner = system == "ner"
+    config = compare.build_config(
+        base, system,
+        train=data["paths"]["ner_train" if ner else "train"], dev=data["paths"]["ner_dev" if ner else "dev"],
+        spans_key="sc", max_span_length=compare.resolve_max_span_length("auto", data["train"]["longest_span"], 25),
+        max_steps=5, eval_frequency=5, seed=0, log_path=str(tmp_path / "log.jsonl"),
+    )
+    config.to_disk(tmp_path / "config.cfg", interpolate=False)
+    nlp = load_model_from_config(load_config(tmp_path / "config.cfg"), auto_fill=True, validate=True)
+    train = list(Corpus(data["paths"]["ner_train" if ner else "train"])(nlp))[:40]
+    dev = list(Corpus(data["paths"]["ner_dev" if ner else "dev"])(nlp))[:20]
+    optimizer = nlp.initialize(lambda: train)
+    nlp.update(train[:16], sgd=optimizer)
+    scores = nlp.evaluate(dev)
+    weights = config["training"]["score_weights"]
+    main = next(key for key, value in weights.items() if value == 1.0)
+    assert main == ("ents_f" if ner else "spans_sc_f")
+    assert 0.0 <= scores[main] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def test_resolve_max_span_length():
+    assert compare.resolve_max_span_length("auto", 44, 25) == 25
+    assert compare.resolve_max_span_length("auto", 7, 25) == 7
+    assert compare.resolve_max_span_length("12", 44, 25) == 12
+    for bad in ("0", "long"):
+        with pytest.raises(ValueError, match="--max-span-length"):
+            compare.resolve_max_span_length(bad, 44, 25)
+
+
+def test_summarize_log_picks_the_best_that_model_best_holds():
+    records = [
+        {"step": s, "epoch": 0, "elapsed": 10.0 * (i + 1), "words": 100 * (i + 1), "eval_seconds": 2.0 * (i + 1),
+         "score": f, "scores": {"ents_p": f, "ents_r": f, "ents_f": f}, "per_type": {"ents_per_type": {}}}
+        for i, (s, f) in enumerate([(0, 0.1), (10, 0.5), (20, 0.5), (30, 0.4)])
+    ]
+    summary = compare.summarize_log(records, "ents")
+    # A tie overwrites model-best, so the later of the two 0.5 evaluations is the one measured.
+    assert summary["best"]["step"] == 20 and summary["best"]["f"] == 0.5 and summary["best"]["seconds"] == 30.0
+    assert summary["last"]["step"] == 30 and len(summary["curve"]) == 4
+    assert summary["throughput"]["words_per_second"] == pytest.approx(400 / 40)
+    assert summary["throughput"]["words_per_second_excl_eval"] == pytest.approx(400 / 32)
+
+
+def test_base_config_without_global_pointer_is_refused():
+    base = load_config(CONFIGS / "cpu.cfg", interpolate=False)
+    del base["components"]["global_pointer"]
+    with pytest.raises(ValueError, match="global_pointer"):
+        compare.build_config(base, "ner", train="t", dev="d", spans_key="sc", max_span_length=5,
+                             max_steps=1, eval_frequency=1, seed=0, log_path="l")
