@@ -696,6 +696,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="threads per run (OMP/MKL/OpenBLAS/torch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed inference passes (median)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a system's finished OUT/SYSTEM/result.json instead of training it again")
     return parser
 
 
@@ -755,6 +757,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "systems": {},
     }
     for system in systems:
+        previous = out / system / "result.json"
+        if args.reuse and previous.exists():
+            result = json.loads(previous.read_text(encoding="utf8"))
+            if result.get("status") == "ok":
+                print(f"{system}: reusing {previous}", flush=True)
+                report["systems"][system] = result
+                continue
         ner = system == "ner"
         config = build_config(
             base, system,
