@@ -79,7 +79,8 @@ def band_scores(
         full = torch.einsum("bihd,bjhd->bhij", q, k)  # (batch, heads, n, n)
         ends = torch.arange(n, device=q.device)[:, None] + torch.arange(band, device=q.device)
         index = ends.clamp(max=n - 1).expand(batch, heads, n, band)
-        return full.gather(-1, index)
+        # In place: gather's backward does not need its output.
+        return full.gather(-1, index).masked_fill_(ends >= n, 0.0)
     local_index = torch.arange(band, device=q.device)[:, None] + torch.arange(
         band, device=q.device
     )
