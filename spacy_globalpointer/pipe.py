@@ -115,7 +115,20 @@ def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any
         labels=kwargs.get("labels"),
     )
     if kwargs.get("write_ents"):
-        scores.update(Scorer.score_spans(examples, "ents", has_annotation=lambda d: d.has_annotation("ENT_IOB")))
+        # Gold entities are the reference's doc.ents where it has them, else its spans
+        # under the key: the flat prediction is scored against the (possibly nested)
+        # gold it was chosen from, so nested gold caps ents_r below 1.
+        def ents_getter(doc: Doc, attr: str) -> Iterable[Span]:
+            return doc.ents if doc.has_annotation("ENT_IOB") else doc.spans.get(key, [])
+
+        scores.update(
+            Scorer.score_spans(
+                examples,
+                "ents",
+                getter=ents_getter,
+                has_annotation=lambda doc: doc.has_annotation("ENT_IOB") or key in doc.spans,
+            )
+        )
     return scores
 
 
