@@ -16,6 +16,7 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer
 from thinc.types import Floats4d
+from thinc.util import convert_recursive, is_xp_array
 
 from .loss import multilabel_categorical_crossentropy
 from .model import build_head
@@ -394,24 +395,61 @@ class GlobalPointer(TrainablePipe):
                 self.model.set_dim("nI", self.model.get_ref("tok2vec").get_dim("nO"))
             build_head(self.model)
 
-    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
-        def load_model(b: bytes) -> None:
-            self._prepare_model_for_weights()
-            self.model.from_bytes(b)
+    def _load_model_bytes(self, data: bytes, source: str) -> None:
+        """Load the model data, saying clearly when it is damaged or does not fit."""
+        self._prepare_model_for_weights()
+        try:
+            msg = srsly.msgpack_loads(data)
+            if not isinstance(msg, dict) or not isinstance(msg.get("nodes"), list):
+                raise TypeError(f"expected a Thinc model dict, got {type(msg).__name__}")
+        except Exception as err:
+            raise ValueError(
+                f"global_pointer: could not read the model data in {source} ({len(data)} "
+                f"bytes): it is truncated or corrupted ({type(err).__name__}: {err})."
+            ) from err
+        self._check_saved_dims(msg["nodes"], source)
+        self.model.from_dict(convert_recursive(is_xp_array, self.model.ops.asarray, msg))
 
+    def _check_saved_dims(self, saved_nodes: List[Dict[str, Any]], source: str) -> None:
+        """Compare the saved layer dims with the model the config and cfg built.
+
+        Thinc would fail on the first mismatch with "Attempt to change dimension";
+        this names the component and what to check instead.
+        """
+        nodes = list(self.model.walk())
+        if len(saved_nodes) == len(nodes):
+            mismatches = [
+                f"{node.name}.{dim}: saved {value}, configured {node.get_dim(dim)}"
+                for node, info in zip(nodes, saved_nodes)
+                for dim, value in (info.get("dims") or {}).items()
+                if value is not None and node.has_dim(dim) is True and node.get_dim(dim) != value
+            ]
+            if not mismatches:
+                return
+            found = "; ".join(mismatches[:6]) + ("; ..." if len(mismatches) > 6 else "")
+        else:
+            found = f"{len(saved_nodes)} layers saved, {len(nodes)} configured"
+        raise ValueError(
+            f"global_pointer: the saved model in {source} does not match the head this "
+            f"pipeline builds ({found}). The head's nO is the number of labels in cfg "
+            f"({len(self.labels)}: {list(self.labels)}) and nI the tok2vec width; labels, "
+            "the model config (widths, architecture) and the weights must come from the "
+            "same training run."
+        )
+
+    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
         deserialize = {
             "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
             "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
-            "model": load_model,
+            "model": lambda b: self._load_model_bytes(b, "the component's bytes"),
         }
         util.from_bytes(bytes_data, deserialize, exclude)
         return self
 
     def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(p) -> None:
-            self._prepare_model_for_weights()
             with open(p, "rb") as file_:
-                self.model.from_bytes(file_.read())
+                self._load_model_bytes(file_.read(), str(p))
 
         deserialize = {
             "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
