@@ -237,6 +237,7 @@ class GlobalPointer(TrainablePipe):
             if self.key not in eg.reference.spans:
                 continue
             n_with_key += 1
+            _check_gold_spans(eg.reference, self.key, f"training example {n_examples - 1}")
             for span in eg.reference.spans[self.key]:
                 n_spans += 1
                 inferred.append(span.label_)
@@ -358,12 +359,7 @@ class GlobalPointer(TrainablePipe):
     def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
         if self.key not in eg.reference.spans:
             return []
-        for span in eg.reference.spans[self.key]:
-            if span.end > len(eg.reference) or span.start < 0 or span.start >= span.end:
-                raise ValueError(
-                    f"global_pointer: gold span ({span.start}, {span.end}) in doc {index} of the "
-                    f"batch is empty or outside the doc (length {len(eg.reference)})."
-                )
+        _check_gold_spans(eg.reference, self.key, f"doc {index} of the batch")
         return list(eg.get_aligned_spans_y2x(eg.reference.spans[self.key], allow_overlap=True))
 
     def update(
@@ -458,6 +454,23 @@ class GlobalPointer(TrainablePipe):
         }
         util.from_disk(path, deserialize, exclude)
         return self
+
+
+def _check_gold_spans(doc: Doc, key: str, where: str) -> None:
+    """Refuse empty or out-of-range gold spans, naming the doc and the span.
+
+    spaCy refuses most such spans when they are made, but a zero-length span
+    (start == end) can be stored in doc.spans.
+    """
+    for span in doc.spans[key]:
+        if span.start < 0 or span.end > len(doc) or span.start >= span.end:
+            text = doc.text if len(doc.text) <= 60 else doc.text[:57] + "..."
+            raise ValueError(
+                f"global_pointer: gold span ({span.start}, {span.end}) with label "
+                f"{span.label_!r} in doc.spans[{key!r}] of {where} ({text!r}, "
+                f"{len(doc)} tokens) is empty or outside the doc: spans need "
+                "0 <= start < end <= len(doc)."
+            )
 
 
 def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:
