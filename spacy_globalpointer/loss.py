@@ -33,6 +33,8 @@ def multilabel_categorical_crossentropy(
     batch, types = scores.shape[:2]
     rows = max(batch * types, 1)
     flat = scores.reshape(batch, types, -1).astype("float32")
+    if flat.shape[-1] == 0:  # no candidates at all (every doc empty): nothing to learn
+        return 0.0, xp.zeros(scores.shape, dtype=scores.dtype)
     pos = (targets & mask).reshape(flat.shape)
     neg = (~targets & mask).reshape(flat.shape)
     neg_inf = xp.asarray(-xp.inf, dtype="float32")

@@ -1,4 +1,5 @@
 """Thinc architectures: tok2vec -> padding -> PyTorch GlobalPointer head -> span scores."""
+import os
 from io import BytesIO
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -14,6 +15,8 @@ from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead
 # Without a band the head keeps types * n^2 fp32 scores per doc; past this many the
 # doc would need gigabytes, so we refuse it with advice instead of swapping or crashing.
 MAX_FULL_SCORES = 2**28
+
+_after_fork_registered = False
 
 
 def build_global_pointer(
@@ -127,6 +130,25 @@ def build_head(model: Model) -> None:
     )
     model._layers.append(head)
     model.set_ref("head", head)
+    _register_after_fork()
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _register_after_fork() -> None:
+    """Give forked children (`nlp.pipe(n_process=2)` on Linux) one torch thread.
+
+    torch's CPU kernels run on GNU OpenMP, which is not fork-safe: a child forked
+    after the parent ran a parallel region (training, or predicting a batch) hangs
+    in its first one. With one thread the child never starts a thread team, and
+    n_process workers do not oversubscribe the cores. Registered once per process.
+    """
+    global _after_fork_registered
+    if not _after_fork_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_one_torch_thread)
+        _after_fork_registered = True
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Callable]:

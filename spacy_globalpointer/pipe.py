@@ -16,6 +16,7 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer
 from thinc.types import Floats4d
+from thinc.util import convert_recursive, is_xp_array
 
 from .loss import multilabel_categorical_crossentropy
 from .model import build_head
@@ -115,7 +116,20 @@ def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any
         labels=kwargs.get("labels"),
     )
     if kwargs.get("write_ents"):
-        scores.update(Scorer.score_spans(examples, "ents", has_annotation=lambda d: d.has_annotation("ENT_IOB")))
+        # Gold entities are the reference's doc.ents where it has them, else its spans
+        # under the key: the flat prediction is scored against the (possibly nested)
+        # gold it was chosen from, so nested gold caps ents_r below 1.
+        def ents_getter(doc: Doc, attr: str) -> Iterable[Span]:
+            return doc.ents if doc.has_annotation("ENT_IOB") else doc.spans.get(key, [])
+
+        scores.update(
+            Scorer.score_spans(
+                examples,
+                "ents",
+                getter=ents_getter,
+                has_annotation=lambda doc: doc.has_annotation("ENT_IOB") or key in doc.spans,
+            )
+        )
     return scores
 
 
@@ -225,6 +239,7 @@ class GlobalPointer(TrainablePipe):
             if self.key not in eg.reference.spans:
                 continue
             n_with_key += 1
+            _check_gold_spans(eg.reference, self.key, f"training example {n_examples - 1}")
             for span in eg.reference.spans[self.key]:
                 n_spans += 1
                 inferred.append(span.label_)
@@ -350,12 +365,7 @@ class GlobalPointer(TrainablePipe):
     def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
         if self.key not in eg.reference.spans:
             return []
-        for span in eg.reference.spans[self.key]:
-            if span.end > len(eg.reference) or span.start < 0 or span.start >= span.end:
-                raise ValueError(
-                    f"global_pointer: gold span ({span.start}, {span.end}) in doc {index} of the "
-                    f"batch is empty or outside the doc (length {len(eg.reference)})."
-                )
+        _check_gold_spans(eg.reference, self.key, f"doc {index} of the batch")
         return list(eg.get_aligned_spans_y2x(eg.reference.spans[self.key], allow_overlap=True))
 
     def update(
@@ -377,7 +387,7 @@ class GlobalPointer(TrainablePipe):
 
     # Serialization: restore cfg (labels) first, build the head, then load its weights.
 
-    def _prepare_model_for_weights(self, model_bytes: bytes) -> None:
+    def _prepare_model_for_weights(self, saved_nodes: List[Dict[str, Any]]) -> None:
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
         if not self.model.has_ref("head"):
             if not self.labels:
@@ -390,18 +400,56 @@ class GlobalPointer(TrainablePipe):
                 else:
                     # A TransformerListener learns its width only at initialize(), which
                     # loading skips; the saved model records the width the head was built with.
-                    self.model.set_dim("nI", _saved_width(model_bytes))
+                    self.model.set_dim("nI", _saved_width(saved_nodes))
             build_head(self.model)
 
-    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
-        def load_model(b: bytes) -> None:
-            self._prepare_model_for_weights(b)
-            self.model.from_bytes(b)
+    def _load_model_bytes(self, data: bytes, source: str) -> None:
+        """Load the model data, saying clearly when it is damaged or does not fit."""
+        try:
+            msg = srsly.msgpack_loads(data)
+            if not isinstance(msg, dict) or not isinstance(msg.get("nodes"), list):
+                raise TypeError(f"expected a Thinc model dict, got {type(msg).__name__}")
+        except Exception as err:
+            raise ValueError(
+                f"global_pointer: could not read the model data in {source} ({len(data)} "
+                f"bytes): it is truncated or corrupted ({type(err).__name__}: {err})."
+            ) from err
+        self._prepare_model_for_weights(msg["nodes"])
+        self._check_saved_dims(msg["nodes"], source)
+        self.model.from_dict(convert_recursive(is_xp_array, self.model.ops.asarray, msg))
 
+    def _check_saved_dims(self, saved_nodes: List[Dict[str, Any]], source: str) -> None:
+        """Compare the saved layer dims with the model the config and cfg built.
+
+        Thinc would fail on the first mismatch with "Attempt to change dimension";
+        this names the component and what to check instead.
+        """
+        nodes = list(self.model.walk())
+        if len(saved_nodes) == len(nodes):
+            mismatches = [
+                f"{node.name}.{dim}: saved {value}, configured {node.get_dim(dim)}"
+                for node, info in zip(nodes, saved_nodes)
+                for dim, value in (info.get("dims") or {}).items()
+                if value is not None and node.has_dim(dim) is True and node.get_dim(dim) != value
+            ]
+            if not mismatches:
+                return
+            found = "; ".join(mismatches[:6]) + ("; ..." if len(mismatches) > 6 else "")
+        else:
+            found = f"{len(saved_nodes)} layers saved, {len(nodes)} configured"
+        raise ValueError(
+            f"global_pointer: the saved model in {source} does not match the head this "
+            f"pipeline builds ({found}). The head's nO is the number of labels in cfg "
+            f"({len(self.labels)}: {list(self.labels)}) and nI the tok2vec width; labels, "
+            "the model config (widths, architecture) and the weights must come from the "
+            "same training run."
+        )
+
+    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
         deserialize = {
             "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
             "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
-            "model": load_model,
+            "model": lambda b: self._load_model_bytes(b, "the component's bytes"),
         }
         util.from_bytes(bytes_data, deserialize, exclude)
         return self
@@ -409,9 +457,7 @@ class GlobalPointer(TrainablePipe):
     def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(p) -> None:
             with open(p, "rb") as file_:
-                model_bytes = file_.read()
-            self._prepare_model_for_weights(model_bytes)
-            self.model.from_bytes(model_bytes)
+                self._load_model_bytes(file_.read(), str(p))
 
         deserialize = {
             "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
@@ -422,15 +468,32 @@ class GlobalPointer(TrainablePipe):
         return self
 
 
-def _saved_width(model_bytes: bytes) -> int:
+def _saved_width(saved_nodes: List[Dict[str, Any]]) -> int:
     """The input width (nI) stored with a serialized global_pointer model (its root node)."""
-    width = srsly.msgpack_loads(model_bytes)["nodes"][0]["dims"].get("nI")
+    width = (saved_nodes[0].get("dims") or {}).get("nI") if saved_nodes else None
     if width is None:
         raise ValueError(
             "global_pointer: the saved model does not record its input width (nI) and the "
             "tok2vec layer does not know it either; the model data is incomplete."
         )
     return int(width)
+
+
+def _check_gold_spans(doc: Doc, key: str, where: str) -> None:
+    """Refuse empty or out-of-range gold spans, naming the doc and the span.
+
+    spaCy refuses most such spans when they are made, but a zero-length span
+    (start == end) can be stored in doc.spans.
+    """
+    for span in doc.spans[key]:
+        if span.start < 0 or span.end > len(doc) or span.start >= span.end:
+            text = doc.text if len(doc.text) <= 60 else doc.text[:57] + "..."
+            raise ValueError(
+                f"global_pointer: gold span ({span.start}, {span.end}) with label "
+                f"{span.label_!r} in doc.spans[{key!r}] of {where} ({text!r}, "
+                f"{len(doc)} tokens) is empty or outside the doc: spans need "
+                "0 <= start < end <= len(doc)."
+            )
 
 
 def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:

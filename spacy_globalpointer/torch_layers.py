@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -31,10 +31,10 @@ class RotaryPositionEmbedding(nn.Module):
         # Not a parameter and not saved: it is a pure function of `dim` and `base`.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, length, heads, dim) -> same shape, rotated by position."""
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x: (batch, length, heads, dim) -> same shape, row t rotated as position offset + t."""
         length = x.shape[1]
-        pos = torch.arange(length, device=x.device, dtype=torch.float32)
+        pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
         angles = pos[:, None] * self.inv_freq[None, :]  # (length, dim / 2)
         # Computed in fp32 so that long positions keep their precision under autocast.
         cos = angles.cos()[None, :, None, :]
@@ -52,24 +52,35 @@ def band_candidate_mask(lengths: torch.Tensor, n: int, band: int) -> torch.Tenso
     return ends[None, :, :] < lengths[:, None, None]
 
 
-def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
+def band_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    band: int,
+    rotate: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+) -> torch.Tensor:
     """Dot products <q_i, k_{i+d}> for 0 <= d < band, per head.
 
     q, k: (batch, n, heads, dim). Returns (batch, heads, n, band). Entries with
-    i + d >= n are zero (they are masked by the caller).
+    i + d >= n are zero (they are masked by the caller). `rotate(x, offset)`, if
+    given, is applied to q and k first (RoPE), rows of x being positions offset,
+    offset + 1, ...
 
     When the band covers the whole sequence one matrix product is cheapest.
     Otherwise the rows are processed in blocks of `band` queries against their
     `2 * band - 1` reachable keys, so that memory, including what autograd keeps,
-    stays O(n * band) rather than O(n^2).
+    stays O(n * band) rather than O(n^2). The rotation is applied block by block
+    too: with many types, rotated (and padded) copies of the whole q and k would
+    take more memory than the band of scores itself.
     """
     batch, n, heads, _ = q.shape
     if band >= n:
+        if rotate is not None:
+            q, k = rotate(q, 0), rotate(k, 0)
         full = torch.einsum("bihd,bjhd->bhij", q, k)  # (batch, heads, n, n)
         ends = torch.arange(n, device=q.device)[:, None] + torch.arange(band, device=q.device)
         index = ends.clamp(max=n - 1).expand(batch, heads, n, band)
-        return full.gather(-1, index)
-    k_padded = F.pad(k, (0, 0, 0, 0, 0, band - 1))  # (batch, n + band - 1, heads, dim)
+        # In place: gather's backward does not need its output.
+        return full.gather(-1, index).masked_fill_(ends >= n, 0.0)
     local_index = torch.arange(band, device=q.device)[:, None] + torch.arange(
         band, device=q.device
     )
@@ -77,9 +88,12 @@ def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
     for start in range(0, n, band):
         stop = min(start + band, n)
         rows = stop - start
-        local = torch.einsum(
-            "bihd,bjhd->bhij", q[:, start:stop], k_padded[:, start : stop + band - 1]
-        )  # (batch, heads, rows, rows + band - 1)
+        q_block, k_block = q[:, start:stop], k[:, start : stop + band - 1]
+        if rotate is not None:
+            q_block, k_block = rotate(q_block, start), rotate(k_block, start)
+        local = torch.einsum("bihd,bjhd->bhij", q_block, k_block)
+        if local.shape[-1] < rows + band - 1:  # keys past the end of the doc score 0
+            local = F.pad(local, (0, rows + band - 1 - local.shape[-1]))
         index = local_index[:rows].expand(batch, heads, rows, band)
         blocks.append(local.gather(-1, index))
     return torch.cat(blocks, dim=2)
@@ -109,9 +123,7 @@ class _SpanScorer(nn.Module):
         self.offset = nn.Parameter(torch.full((n_types,), float(initial_offset)))
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
-        return band_scores(q, k, band) / math.sqrt(self.head_size)
+        return band_scores(q, k, band, rotate=self.rope) / math.sqrt(self.head_size)
 
     def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # The loss and decoding run in fp32 whatever precision the products used.

@@ -1,0 +1,177 @@
+"""Banded scoring (max_span_length = w): inside the band it equals the full matrix,
+outside it nothing is a candidate, and the pipeline honours the limit."""
+import itertools
+
+import numpy
+import pytest
+import spacy
+import torch
+from .tiny_pipeline import EN_DATA, SMALL_MODEL, WIDE_TEXT, build_tiny, make_examples
+
+from spacy_globalpointer.torch_layers import (
+    EfficientGlobalPointerHead,
+    GlobalPointerHead,
+    RotaryPositionEmbedding,
+    band_candidate_mask,
+    band_scores,
+)
+
+NS = [1, 2, 5, 7, 16, 33]
+WS = [1, 2, 3, 4, 8, 40]  # w == 1, n not a multiple of w, w > n
+HEAD_CLASSES = [GlobalPointerHead, EfficientGlobalPointerHead]
+ATOL = 1e-5
+
+
+def full_diagonals(full: torch.Tensor, w: int) -> torch.Tensor:
+    """(batch, heads, n, n) -> (batch, heads, n, w): out[..., i, d] = full[..., i, i + d], 0 past n."""
+    n = full.shape[-1]
+    out = torch.zeros(full.shape[:-1] + (w,), dtype=full.dtype)
+    for i in range(n):
+        for d in range(min(w, n - i)):
+            out[..., i, d] = full[..., i, i + d]
+    return out
+
+
+@pytest.mark.parametrize("n,w", list(itertools.product(NS, WS)))
+def test_band_scores_are_the_diagonals_of_the_full_matrix(n, w):
+    generator = torch.Generator().manual_seed(n * 100 + w)
+    q = torch.randn(2, n, 3, 8, generator=generator)
+    k = torch.randn(2, n, 3, 8, generator=generator)
+    full = torch.einsum("bihd,bjhd->bhij", q, k)
+    band = band_scores(q, k, w)
+    assert band.shape == (2, 3, n, w)
+    torch.testing.assert_close(band, full_diagonals(full, w), atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("n,w", [(1, 1), (7, 3), (16, 4), (33, 8), (5, 40)])
+def test_band_scores_rotate_block_by_block_like_the_whole_sequence(n, w):
+    rope = RotaryPositionEmbedding(8)
+    generator = torch.Generator().manual_seed(n + w)
+    q = torch.randn(1, n, 2, 8, generator=generator)
+    k = torch.randn(1, n, 2, 8, generator=generator)
+    full = torch.einsum("bihd,bjhd->bhij", rope(q), rope(k))
+    torch.testing.assert_close(
+        band_scores(q, k, w, rotate=rope), full_diagonals(full, w), atol=ATOL, rtol=ATOL
+    )
+
+
+def test_rope_offset_matches_a_slice_of_the_whole_sequence():
+    rope = RotaryPositionEmbedding(16)
+    x = torch.randn(2, 50, 3, 16)
+    for start, stop in [(0, 7), (13, 29), (40, 50)]:
+        assert torch.equal(rope(x[:, start:stop], start), rope(x)[:, start:stop])
+
+
+def _head(head_class, width, n_types, seed):
+    torch.manual_seed(seed)
+    return head_class(width, n_types, head_size=8)
+
+
+def _batch(n, width, seed):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(3, n, width, generator=generator)
+    lengths = torch.tensor([n, max(n - 3, 0), 1 if n else 0])
+    return X, lengths
+
+
+@pytest.mark.parametrize("head_class", HEAD_CLASSES)
+@pytest.mark.parametrize("n,w", [(1, 1), (5, 1), (5, 2), (7, 3), (9, 4), (12, 5), (6, 6), (4, 10)])
+def test_banded_head_equals_full_head_inside_the_band(head_class, n, w):
+    head = _head(head_class, 12, 4, seed=n + w)
+    X, lengths = _batch(n, 12, seed=n * w)
+    band = min(w, n)
+    X_band = X.clone().requires_grad_(True)
+    X_full = X.clone().requires_grad_(True)
+    banded = head(X_band, lengths, band=w)
+    full = head(X_full, lengths, band=None)
+    assert banded.shape == (3, 4, n, band)
+    assert full.shape == (3, 4, n, n)
+    mask = band_candidate_mask(lengths, n, band)[:, None].expand_as(banded)
+    torch.testing.assert_close(banded[mask], full[..., :band][mask], atol=ATOL, rtol=ATOL)
+    # Masked positions are exactly the non-candidates: (i, i + d) past the end of the doc.
+    minimum = torch.finfo(banded.dtype).min
+    assert torch.equal(banded == minimum, ~mask)
+    assert torch.equal(full == minimum, ~band_candidate_mask(lengths, n, n)[:, None].expand_as(full))
+    # Gradients w.r.t. the input through the band equal those of the full matrix
+    # restricted to the band (and zero gradient flows from masked positions).
+    weights = torch.randn(banded.shape, generator=torch.Generator().manual_seed(7))
+    (banded * weights * mask).sum().backward()
+    full_weights = torch.zeros(full.shape)
+    full_weights[..., :band] = weights * mask
+    (full * full_weights).sum().backward()
+    torch.testing.assert_close(X_band.grad, X_full.grad, atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(X_band.grad).all()
+
+
+@pytest.mark.parametrize("head_class", HEAD_CLASSES)
+def test_banded_head_masked_positions_get_no_gradient(head_class):
+    head = _head(head_class, 12, 2, seed=0)
+    X, lengths = _batch(9, 12, seed=1)
+    X = X.requires_grad_(True)
+    scores = head(X, lengths, band=4)
+    scores.retain_grad()
+    mask = band_candidate_mask(lengths, 9, 4)[:, None].expand_as(scores)
+    (scores * mask).sum().backward()
+    assert torch.equal(scores.grad != 0, mask)
+    # Padding tokens of the shorter docs receive no gradient at all.
+    for b, length in enumerate(lengths.tolist()):
+        assert torch.count_nonzero(X.grad[b, length:]) == 0
+
+
+def _all_candidate_spans(nlp, texts):
+    pipe = nlp.get_pipe("global_pointer")
+    old = pipe.threshold
+    pipe.threshold = -1e30  # every candidate clears it
+    try:
+        return [nlp(text) for text in texts]
+    finally:
+        pipe.threshold = old
+
+
+@pytest.mark.filterwarnings("ignore:global_pointer.*longer than max_span_length")
+@pytest.mark.parametrize("w", [1, 2, 3])
+def test_pipeline_never_predicts_spans_longer_than_max_span_length(w):
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("global_pointer", config={"model": SMALL_MODEL, "max_span_length": w})
+    nlp.initialize(lambda: make_examples(nlp, EN_DATA))
+    texts = [WIDE_TEXT, "a", "", "one two"]
+    docs = _all_candidate_spans(nlp, texts)
+    for doc in docs:
+        spans = doc.spans[pipe.key]
+        n = len(doc)
+        assert all(1 <= len(span) <= w for span in spans)
+        # Every candidate of at most w tokens is there, once per label.
+        expected = sum(min(w, n - i) for i in range(n)) * len(pipe.labels)
+        assert len(spans) == expected
+        assert len(spans.attrs["scores"]) == expected
+
+
+def test_training_with_max_span_length_lowers_the_loss():
+    nlp, examples, losses = build_tiny("en", config={"max_span_length": 4}, steps=25)
+    assert nlp.get_pipe("global_pointer").model.attrs["max_span_length"] == 4
+    assert all(numpy.isfinite(losses))
+    assert losses[-1] < 0.2 * losses[0]
+    # The gold spans (all <= 4 tokens) are learned.
+    doc = nlp(EN_DATA[0][0])
+    assert {(s.start, s.end, s.label_) for s in doc.spans["sc"]} == set(EN_DATA[0][1])
+
+
+def test_initialize_warns_with_the_count_of_spans_longer_than_the_band():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("global_pointer", config={"model": SMALL_MODEL, "max_span_length": 2})
+    # EN_DATA has 10 spans; (3, 6) "New York City" and (1, 5) "Bank of New York" are longer than 2.
+    examples = make_examples(nlp, EN_DATA)
+    too_long = sum(
+        1 for eg in examples for span in eg.reference.spans["sc"] if len(span) > 2
+    )
+    total = sum(len(eg.reference.spans["sc"]) for eg in examples)
+    assert too_long == 2 and total == 10
+    with pytest.warns(UserWarning, match=rf"{too_long} of {total} training spans are longer than max_span_length=2"):
+        nlp.initialize(lambda: examples)
+
+
+def test_initialize_does_not_warn_when_all_spans_fit(recwarn):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("global_pointer", config={"model": SMALL_MODEL, "max_span_length": 4})
+    nlp.initialize(lambda: make_examples(nlp, EN_DATA))
+    assert not [w for w in recwarn if "max_span_length" in str(w.message)]
