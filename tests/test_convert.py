@@ -24,8 +24,10 @@ from spacy_globalpointer.convert import (
     write_docbin,
 )
 
+from .conftest import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("GP_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = shared_data_dir()
 
 
 @pytest.fixture(scope="module")
