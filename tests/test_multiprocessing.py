@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from .tiny_pipeline import EN_DATA, build_tiny, predicted_spans
+from .tiny_pipeline import EN_DATA, build_tiny, pipe_predictions, predicted_spans
 
 TESTS_DIR = Path(__file__).parent
 TEXTS = [text for text, _ in EN_DATA] * 3 + ["", "   ", "New York New York", "Carol"]
@@ -21,21 +21,13 @@ TEXTS = [text for text, _ in EN_DATA] * 3 + ["", "   ", "New York New York", "Ca
 SCRIPT = """
 import json, sys
 import numpy
-from tiny_pipeline import build_tiny, EN_DATA
+from tiny_pipeline import build_tiny, pipe_predictions
 
 texts = json.loads(sys.argv[1])
 nlp, _, _ = build_tiny("en", config={"write_ents": True})  # trains: torch runs threads here
 
 def run(n_process):
-    out = []
-    for doc in nlp.pipe(texts, n_process=n_process, batch_size=2):
-        group = doc.spans["sc"]
-        out.append({
-            "spans": [[s.start, s.end, s.label_] for s in group],
-            "scores": group.attrs["scores"].tolist(),
-            "ents": [[e.start, e.end, e.label_] for e in doc.ents],
-        })
-    return out
+    return pipe_predictions(nlp, texts, n_process=n_process, batch_size=2)
 
 print(json.dumps({"single": run(1), "multi": run(2)}))
 """
@@ -81,18 +73,6 @@ def trained():
     return nlp
 
 
-def predictions(nlp, texts, **kwargs):
-    out = []
-    for doc in nlp.pipe(texts, **kwargs):
-        group = doc.spans["sc"]
-        out.append({
-            "spans": [[s.start, s.end, s.label_] for s in group],
-            "scores": group.attrs["scores"].tolist(),
-            "ents": [[e.start, e.end, e.label_] for e in doc.ents],
-        })
-    return out
-
-
 def test_pipeline_and_component_pickle(trained):
     text = EN_DATA[3][0]
     clone = pickle.loads(pickle.dumps(trained))
@@ -105,9 +85,9 @@ def test_pipeline_and_component_pickle(trained):
 def test_n_process_2_with_spawn_equals_n_process_1(trained, monkeypatch):
     import spacy.language
 
-    single = predictions(trained, TEXTS)
+    single = pipe_predictions(trained, TEXTS)
     # spaCy starts its workers with the module-level `mp`; spawn pickles the pipeline.
     monkeypatch.setattr(spacy.language, "mp", multiprocessing.get_context("spawn"))
-    multi = predictions(trained, TEXTS, n_process=2, batch_size=2)
+    multi = pipe_predictions(trained, TEXTS, n_process=2, batch_size=2)
     assert any(doc["spans"] for doc in single)
     assert_same_predictions(single, multi)

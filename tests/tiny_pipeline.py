@@ -94,3 +94,16 @@ def predicted_spans(nlp: Language, text: str, key: str = "sc") -> List[SpanSpec]
     """The spans `nlp` writes for `text` (keeps the doc alive: a SpanGroup holds it weakly)."""
     doc = nlp(text)
     return span_tuples(doc.spans[key])
+
+
+def pipe_predictions(nlp: Language, texts, **pipe_kwargs) -> List[dict]:
+    """Spans, scores and ents of `nlp.pipe(texts, **pipe_kwargs)`, as JSON-ready dicts."""
+    out = []
+    for doc in nlp.pipe(texts, **pipe_kwargs):
+        group = doc.spans["sc"]
+        out.append({
+            "spans": [[s.start, s.end, s.label_] for s in group],
+            "scores": group.attrs["scores"].tolist(),
+            "ents": [[e.start, e.end, e.label_] for e in doc.ents],
+        })
+    return out
