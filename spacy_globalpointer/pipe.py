@@ -304,11 +304,14 @@ class GlobalPointer(TrainablePipe):
         """Write every candidate with score > threshold to doc.spans[spans_key]."""
         docs = list(docs)
         ops = self.model.ops
-        lengths = ops.asarray1i([len(doc) for doc in docs])
         if scores.size:
-            found = ops.xp.nonzero((scores > self.threshold) & self._candidate_mask(lengths, scores.shape))
-            found = [ops.to_numpy(x) for x in found]
-            found_scores = ops.to_numpy(scores[tuple(found)]) if len(found[0]) else numpy.zeros((0,), "f")
+            found = [ops.to_numpy(x) for x in ops.xp.nonzero(scores > self.threshold)]
+            # Only spans inside their doc are candidates. Checked on what passed the
+            # threshold rather than masking the whole (mostly empty) score array.
+            lengths = numpy.asarray([len(doc) for doc in docs])
+            inside = found[2] + found[3] < lengths[found[0]]
+            found = [x[inside] for x in found]
+            found_scores = ops.to_numpy(scores[tuple(ops.asarray(x) for x in found)])
         else:
             found = [numpy.zeros((0,), "i")] * 4
             found_scores = numpy.zeros((0,), "f")
@@ -316,14 +319,17 @@ class GlobalPointer(TrainablePipe):
         # One sort for the whole batch: by doc, then start, end and label.
         order = numpy.lexsort((label_ids, starts + offsets, starts, doc_ids))
         bounds = numpy.searchsorted(doc_ids[order], numpy.arange(len(docs) + 1))
+        labels = [self.vocab.strings.add(label) for label in self.labels]
         for i, doc in enumerate(docs):
             rows = order[bounds[i] : bounds[i + 1]]
             group = SpanGroup(
                 doc,
                 name=self.key,
                 spans=[
-                    Span(doc, int(start), int(start + offset) + 1, label=self.labels[label])
-                    for start, offset, label in zip(starts[rows], offsets[rows], label_ids[rows])
+                    Span(doc, start, start + offset + 1, label=labels[label])
+                    for start, offset, label in zip(
+                        starts[rows].tolist(), offsets[rows].tolist(), label_ids[rows].tolist()
+                    )
                 ],
             )
             group.attrs["scores"] = found_scores[rows].astype("float32")

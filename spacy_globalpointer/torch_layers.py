@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import Callable, Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ class RotaryPositionEmbedding(nn.Module):
     """Rotary position embedding (RoPE, Su et al. 2021) for the last dimension.
 
     Consecutive pairs (x[2m], x[2m+1]) are rotated by the angle pos * base^(-2m/dim),
-    so that <R_i q, R_j k> depends on the positions only through j - i.
+    so that <R_i q, R_j k> depends on the positions only through j - i. Positions run
+    along the second-to-last dimension.
     """
 
     def __init__(self, dim: int, base: float = 10000.0):
@@ -31,17 +32,28 @@ class RotaryPositionEmbedding(nn.Module):
         # Not a parameter and not saved: it is a pure function of `dim` and `base`.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def phases(self, length: int, offset: int = 0) -> torch.Tensor:
+        """(length, dim / 2) unit complex numbers e^{i pos theta_m}: multiplying the pair
+        x[2m] + i x[2m+1] by them is the rotation. Computed in fp32, so that long
+        positions keep their precision under autocast."""
+        pos = torch.arange(offset, offset + length, device=self.inv_freq.device, dtype=torch.float32)
+        angles = pos[:, None] * self.inv_freq[None, :]
+        return torch.polar(torch.ones_like(angles), angles)
+
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """x: (batch, length, heads, dim) -> same shape, row t rotated as position offset + t."""
-        length = x.shape[1]
-        pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
-        angles = pos[:, None] * self.inv_freq[None, :]  # (length, dim / 2)
-        # Computed in fp32 so that long positions keep their precision under autocast.
-        cos = angles.cos()[None, :, None, :]
-        sin = angles.sin()[None, :, None, :]
-        x_even, x_odd = x[..., 0::2].float(), x[..., 1::2].float()
-        rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
-        return rotated.flatten(-2).to(x.dtype)
+        """x: (..., length, dim) -> same shape, row t rotated as position offset + t."""
+        return rotate_pairs(x, self.phases(x.shape[-2], offset))
+
+
+def rotate_pairs(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+    """Multiply each pair (x[2m], x[2m+1]), read as a complex number, by phases[..., m].
+
+    With unit phases this is the pairwise rotation (x[2m] cos - x[2m+1] sin,
+    x[2m+1] cos + x[2m] sin) in one pass over x, with no strided slicing; a phase of
+    modulus r also scales the pair by r. The result is fp32 whatever x's dtype.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * phases).flatten(-2)
 
 
 def band_candidate_mask(lengths: torch.Tensor, n: int, band: int) -> torch.Tensor:
@@ -52,31 +64,20 @@ def band_candidate_mask(lengths: torch.Tensor, n: int, band: int) -> torch.Tenso
     return ends[None, :, :] < lengths[:, None, None]
 
 
-def band_scores(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    band: int,
-    rotate: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
-) -> torch.Tensor:
+def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
     """Dot products <q_i, k_{i+d}> for 0 <= d < band, per head.
 
-    q, k: (batch, n, heads, dim). Returns (batch, heads, n, band). Entries with
-    i + d >= n are zero (they are masked by the caller). `rotate(x, offset)`, if
-    given, is applied to q and k first (RoPE), rows of x being positions offset,
-    offset + 1, ...
+    q, k: (batch, heads, n, dim). Returns (batch, heads, n, band). Entries with
+    i + d >= n are zero (they are masked by the caller).
 
     When the band covers the whole sequence one matrix product is cheapest.
     Otherwise the rows are processed in blocks of `band` queries against their
     `2 * band - 1` reachable keys, so that memory, including what autograd keeps,
-    stays O(n * band) rather than O(n^2). The rotation is applied block by block
-    too: with many types, rotated (and padded) copies of the whole q and k would
-    take more memory than the band of scores itself.
+    stays O(n * band) rather than O(n^2).
     """
-    batch, n, heads, _ = q.shape
+    batch, heads, n, _ = q.shape
     if band >= n:
-        if rotate is not None:
-            q, k = rotate(q, 0), rotate(k, 0)
-        full = torch.einsum("bihd,bjhd->bhij", q, k)  # (batch, heads, n, n)
+        full = q @ k.transpose(-1, -2)  # (batch, heads, n, n)
         ends = torch.arange(n, device=q.device)[:, None] + torch.arange(band, device=q.device)
         index = ends.clamp(max=n - 1).expand(batch, heads, n, band)
         # In place: gather's backward does not need its output.
@@ -88,10 +89,7 @@ def band_scores(
     for start in range(0, n, band):
         stop = min(start + band, n)
         rows = stop - start
-        q_block, k_block = q[:, start:stop], k[:, start : stop + band - 1]
-        if rotate is not None:
-            q_block, k_block = rotate(q_block, start), rotate(k_block, start)
-        local = torch.einsum("bihd,bjhd->bhij", q_block, k_block)
+        local = q[:, :, start:stop] @ k[:, :, start : stop + band - 1].transpose(-1, -2)
         if local.shape[-1] < rows + band - 1:  # keys past the end of the doc score 0
             local = F.pad(local, (0, rows + band - 1 - local.shape[-1]))
         index = local_index[:rows].expand(batch, heads, rows, band)
@@ -122,14 +120,28 @@ class _SpanScorer(nn.Module):
         self.rope = RotaryPositionEmbedding(head_size) if rope else None
         self.offset = nn.Parameter(torch.full((n_types,), float(initial_offset)))
 
-    def _scores(self, q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
-        return band_scores(q, k, band, rotate=self.rope) / math.sqrt(self.head_size)
+    def _scores(self, qk: torch.Tensor, band: int) -> torch.Tensor:
+        """qk: (batch, heads, n, 2 * head_size), q then k -> (batch, heads, n, band).
+
+        RoPE rotates q and k in one pass, and the 1 / sqrt(head_size) scaling rides
+        along in the modulus of q's phases instead of costing a pass of its own.
+        """
+        size = self.head_size
+        scale = 1.0 / math.sqrt(size)
+        if self.rope is not None:
+            phases = self.rope.phases(qk.shape[-2])
+            qk = rotate_pairs(qk, torch.cat((phases * scale, phases), -1))
+            q, k = qk[..., :size], qk[..., size:]
+        else:
+            q, k = qk[..., :size] * scale, qk[..., size:]
+        return band_scores(q, k, band)
 
     def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # The loss and decoding run in fp32 whatever precision the products used.
         scores = scores.float() + self.offset[None, :, None, None]
         mask = band_candidate_mask(lengths, scores.shape[2], scores.shape[3])
-        return scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
+        # In place: the addition's backward does not need its output.
+        return scores.masked_fill_(~mask[:, None], torch.finfo(scores.dtype).min)
 
 
 def _check_band(band: Optional[int], n: int) -> int:
@@ -159,9 +171,9 @@ class GlobalPointerHead(_SpanScorer):
         """X: (batch, n, width), lengths: (batch,) -> scores (batch, types, n, band)."""
         batch, n, _ = X.shape
         band = _check_band(band, n)
-        qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size)
-        q, k = qk[..., : self.head_size], qk[..., self.head_size :]
-        return self._finish(self._scores(q, k, band), lengths)
+        # Types first, once, so that every later pass and product runs on contiguous rows.
+        qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2)
+        return self._finish(self._scores(qk.contiguous(), band), lengths)
 
 
 class EfficientGlobalPointerHead(_SpanScorer):
@@ -186,9 +198,7 @@ class EfficientGlobalPointerHead(_SpanScorer):
         batch, n, _ = X.shape
         band = _check_band(band, n)
         hidden = self.proj(X)  # (batch, n, 2 * head_size)
-        q = hidden[..., None, : self.head_size]
-        k = hidden[..., None, self.head_size :]
-        shared = self._scores(q, k, band)  # (batch, 1, n, band)
+        shared = self._scores(hidden[:, None], band)  # (batch, 1, n, band)
         # Halved as in the reference implementation, so start + end stays on the
         # scale of one bias term at initialisation.
         bias = self.bias(hidden).view(batch, n, self.n_types, 2).permute(0, 2, 3, 1) / 2

@@ -18,8 +18,8 @@ def test_rope_score_depends_only_on_offset():
     rope = RotaryPositionEmbedding(dim)
     q, k = torch.randn(dim), torch.randn(dim)
     # The same q at every position and the same k at every position.
-    rq = rope(q.expand(1, n, 1, dim))[0, :, 0]
-    rk = rope(k.expand(1, n, 1, dim))[0, :, 0]
+    rq = rope(q.expand(1, 1, n, dim))[0, 0]  # positions run along the second-to-last dim
+    rk = rope(k.expand(1, 1, n, dim))[0, 0]
     scores = rq @ rk.T  # (n, n)
     for offset in range(-n + 1, n):
         diagonal = torch.diagonal(scores, offset=offset)
@@ -37,13 +37,13 @@ def test_rope_preserves_norm_and_rejects_odd_dim():
 
 
 def full_scores(q, k):
-    return torch.einsum("bihd,bjhd->bhij", q, k)
+    return torch.einsum("bhid,bhjd->bhij", q, k)
 
 
 @pytest.mark.parametrize("n,band", [(1, 1), (5, 1), (7, 3), (8, 4), (9, 20), (16, 16)])
 def test_band_scores_match_full_matrix(n, band):
     torch.manual_seed(n * 31 + band)
-    q, k = torch.randn(2, n, 3, 4), torch.randn(2, n, 3, 4)
+    q, k = torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)
     full = full_scores(q, k)
     banded = band_scores(q, k, min(band, n))
     for i in range(n):
@@ -78,7 +78,7 @@ def test_global_pointer_score_is_scaled_dot_product():
     head = GlobalPointerHead(4, 2, head_size=6, rope=False)
     X = torch.randn(1, 5, 4)
     scores = head(X, torch.tensor([5]))
-    qk = head.proj(X).view(1, 5, 2, 12)
+    qk = head.proj(X).view(1, 5, 2, 12).transpose(1, 2)  # (batch, types, n, 2 * head_size)
     q, k = qk[..., :6], qk[..., 6:]
     expected = full_scores(q, k) / math.sqrt(6) + head.offset[None, :, None, None]
     for i in range(5):
