@@ -1,0 +1,107 @@
+"""Token features for character-level NER: hashed embeddings of token n-grams.
+
+In Chinese (and other scripts annotated character by character) a token is one
+character, so the usual subword attributes (PREFIX, SUFFIX, SHAPE) all repeat the
+character itself. What carries information is the word the character sits in, and
+without a segmenter the cheapest proxy is the character's n-grams: "北京" is a far
+better cue for a place than "北" or "京" alone. This module adds those n-grams to
+spaCy's MultiHashEmbed recipe as extra hash-embedded columns.
+"""
+from typing import List, Sequence, Union
+
+import numpy
+from spacy.attrs import intify_attr
+from spacy.tokens import Doc
+from thinc.api import HashEmbed, Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
+from thinc.types import Floats2d, Ints2d
+
+# Stand-ins for the tokens before the start and after the end of a doc.
+_BOUNDARY_BEFORE = numpy.uint64(0x2D424F532D)  # "-BOS-"
+_BOUNDARY_AFTER = numpy.uint64(0x2D454F532D)  # "-EOS-"
+# Odd 64-bit multiplier (golden ratio) to combine ids; HashEmbed hashes the result again.
+_MIX = numpy.uint64(0x9E3779B97F4A7C15)
+
+
+def build_ngram_hash_embed(
+    width: int,
+    attrs: Sequence[Union[str, int]],
+    rows: Sequence[int],
+    *,
+    ngram_attr: Union[str, int] = "NORM",
+    ngram_sizes: Sequence[int] = (2,),
+    ngram_rows: int = 20000,
+) -> Model[List[Doc], List[Floats2d]]:
+    """MultiHashEmbed plus hashed n-grams of `ngram_attr` around each token.
+
+    For each size n in `ngram_sizes`, every token gets the n n-grams that contain it
+    (for n = 2: with its left and with its right neighbour), each embedded by its own
+    HashEmbed table of `ngram_rows` rows. Doc boundaries count as tokens of their own.
+    As in spaCy's MultiHashEmbed, all tables have `width` columns, are concatenated and
+    mixed by a Maxout layer; `attrs` and `rows` are the single-token attributes.
+    """
+    if len(rows) != len(attrs):
+        raise ValueError(f"Mismatched lengths: {len(rows)} rows for {len(attrs)} attrs.")
+    for size in ngram_sizes:
+        if not isinstance(size, int) or size < 2:
+            raise ValueError(f"ngram_sizes must be integers >= 2, got {list(ngram_sizes)}.")
+    table_rows = list(rows) + [ngram_rows] * sum(ngram_sizes)
+    # Seeds continue MultiHashEmbed's scheme (8, 9, ...), so that with no n-grams the
+    # tables are the ones spaCy's MultiHashEmbed would build.
+    embeddings = [
+        HashEmbed(width, n_rows, column=i, seed=8 + i, dropout=0.0) for i, n_rows in enumerate(table_rows)
+    ]
+    return chain(
+        ngram_features(attrs, ngram_attr=ngram_attr, ngram_sizes=ngram_sizes),
+        list2ragged(),
+        with_array(concatenate(*embeddings)),
+        with_array(Maxout(width, width * len(embeddings), nP=3, dropout=0.0, normalize=True)),
+        ragged2list(),
+    )
+
+
+def ngram_features(
+    attrs: Sequence[Union[str, int]],
+    *,
+    ngram_attr: Union[str, int] = "NORM",
+    ngram_sizes: Sequence[int] = (2,),
+) -> Model[List[Doc], List[Ints2d]]:
+    """Per doc, a (tokens, columns) uint64 array: the `attrs` columns, then for each n in
+    `ngram_sizes` the ids of the n n-grams of `ngram_attr` that contain the token, from
+    the one ending at it to the one starting at it."""
+    columns = [intify_attr(attr) for attr in attrs]
+    ngram_column = intify_attr(ngram_attr)
+    if ngram_column is None or None in columns:
+        raise ValueError(f"Unknown token attribute in attrs={list(attrs)} or ngram_attr={ngram_attr!r}.")
+    return Model(
+        "ngram_features",
+        _ngram_features_forward,
+        attrs={"columns": columns, "ngram_column": ngram_column, "ngram_sizes": list(ngram_sizes)},
+    )
+
+
+def _ngram_features_forward(model: Model, docs: List[Doc], is_train: bool):
+    columns = model.attrs["columns"]
+    sizes = model.attrs["ngram_sizes"]
+    features = []
+    for doc in docs:
+        n_columns = len(columns) + 1
+        values = doc.to_array(columns + [model.attrs["ngram_column"]]).astype("uint64")
+        values = values.reshape((len(doc), n_columns))
+        tokens = values[:, -1]
+        parts = [values[:, :-1]]
+        for size in sizes:
+            padded = numpy.concatenate(
+                ([_BOUNDARY_BEFORE] * (size - 1), tokens, [_BOUNDARY_AFTER] * (size - 1))
+            ).astype("uint64")
+            # ngram_ids[p] combines padded[p : p + size]; token t sits at padded[t + size - 1],
+            # so the n-grams that contain it are ngram_ids[t], ..., ngram_ids[t + size - 1].
+            ngram_ids = padded[: len(padded) - size + 1].copy()
+            for offset in range(1, size):
+                ngram_ids = ngram_ids * _MIX + padded[offset : offset + len(ngram_ids)]
+            parts.extend(ngram_ids[start : start + len(doc), None] for start in range(size))
+        features.append(model.ops.asarray(numpy.hstack(parts), dtype="uint64"))
+
+    def backprop(d_features):
+        return []
+
+    return features, backprop
