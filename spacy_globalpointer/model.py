@@ -3,6 +3,7 @@ import os
 from io import BytesIO
 from typing import Any, Callable, List, Optional, Tuple
 
+import numpy
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -156,15 +157,9 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Ca
     head = model.get_ref("head")
     ops = model.ops
     Xs, backprop_tok2vec = tok2vec(docs, is_train)
-    lengths = ops.asarray1i([len(x) for x in Xs])
-    n_max = int(lengths.max()) if len(docs) else 0
+    lengths = [len(x) for x in Xs]
+    n_max = max(lengths, default=0)
     n_labels = model.get_dim("nO")
-    if n_max == 0:
-        # Nothing to score; still run the tok2vec's backprop so listeners are satisfied.
-        def backprop_empty(d_scores: Floats4d) -> List[Doc]:
-            return backprop_tok2vec([ops.alloc2f(0, model.get_dim("nI")) for _ in docs])
-
-        return ops.alloc4f(len(docs), n_labels, 0, 0), backprop_empty
     band = model.attrs["max_span_length"]
     if band is None and n_labels * n_max * n_max > MAX_FULL_SCORES:
         raise ValueError(
@@ -173,14 +168,65 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Ca
             "`max_span_length` on the global_pointer component (e.g. 32) so that cost grows "
             "linearly with doc length, or split the doc."
         )
-    padded = ops.pad(Xs)  # (batch, n_max, width)
-    scores, backprop_head = head((padded, lengths, band), is_train)
+    width = n_max if band is None else min(band, n_max)
+    scores = ops.xp.full((len(docs), n_labels, n_max, width), _NOT_A_CANDIDATE, dtype="float32")
+    callbacks = []
+    # Docs of similar length are scored together, each group padded to its own longest
+    # doc: one long doc no longer makes every doc of the batch pay for its length.
+    for group in _length_groups(lengths):
+        group_n = lengths[group[-1]]
+        if group_n == 0:
+            continue
+        group_lengths = ops.asarray1i([lengths[i] for i in group])
+        padded = ops.pad([Xs[i] for i in group])  # (group, group_n, width)
+        group_scores, backprop_head = head((padded, group_lengths, band), is_train)
+        index = ops.asarray1i(group)
+        group_width = group_scores.shape[3]
+        scores[index, :, :group_n, :group_width] = group_scores
+        callbacks.append((group, group_width, backprop_head))
 
     def backprop(d_scores: Floats4d) -> List[Doc]:
-        d_padded = backprop_head(d_scores)
-        return backprop_tok2vec(ops.unpad(d_padded, lengths.tolist()))
+        d_Xs = [ops.alloc2f(n, model.get_dim("nI")) for n in lengths]
+        for group, group_width, backprop_head in callbacks:
+            group_n = lengths[group[-1]]
+            d_group = ops.xp.ascontiguousarray(
+                d_scores[ops.asarray1i(group), :, :group_n, :group_width]
+            )
+            d_padded = backprop_head(d_group)
+            for i, d_X in zip(group, ops.unpad(d_padded, [lengths[i] for i in group])):
+                d_Xs[i] = d_X
+        return backprop_tok2vec(d_Xs)
 
     return scores, backprop
+
+
+# What a span that is not a candidate scores: the most negative finite float32, as in
+# the head. No threshold is below it, and exp() of it is exactly 0 in the loss.
+_NOT_A_CANDIDATE = numpy.finfo("float32").min
+# A group of docs is closed when padding would waste more than this share of its tokens.
+_MAX_PADDING = 0.25
+
+
+def _length_groups(lengths: List[int]) -> List[List[int]]:
+    """Indices of the docs, sorted by length and cut into groups that waste little padding.
+
+    Ascending order makes the last doc of a group its longest; a group grows until
+    padding its docs to that length would cost more than `_MAX_PADDING` of its tokens.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: List[List[int]] = []
+    current: List[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]
+        if current and n * (len(current) + 1) > (1.0 + _MAX_PADDING) * (tokens + n):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _convert_inputs(

@@ -178,3 +178,42 @@ def test_initialize_does_not_warn_when_all_spans_fit(recwarn):
     nlp.add_pipe("global_pointer", config={"model": SMALL_MODEL, "max_span_length": 4})
     nlp.initialize(lambda: make_examples(nlp, EN_DATA))
     assert not [w for w in recwarn if "max_span_length" in str(w.message)]
+
+
+def test_length_groups_cover_every_doc_once_and_bound_the_padding():
+    from spacy_globalpointer.model import _MAX_PADDING, _length_groups
+
+    rng = numpy.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(0, 60, size=300)] + [400, 0, 1]
+    groups = _length_groups(lengths)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    for group in groups:
+        group_lengths = [lengths[i] for i in group]
+        assert group_lengths == sorted(group_lengths)
+        padded = max(group_lengths) * len(group)
+        # A group of one doc wastes nothing; otherwise the bound holds.
+        assert padded <= (1 + _MAX_PADDING) * sum(group_lengths) or len(group) == 1
+    # The long doc does not pad the short ones.
+    assert [400] in [[lengths[i] for i in group] for group in groups]
+
+
+@pytest.mark.parametrize("max_span_length", [3, None])
+def test_scores_of_a_doc_do_not_depend_on_the_rest_of_its_batch(max_span_length):
+    nlp, _, _ = build_tiny("en", steps=5, config={"max_span_length": max_span_length})
+    model = nlp.get_pipe("global_pointer").model
+    texts = ["a", "New York", "", WIDE_TEXT * 5, "Alice lives in New York City", "Bob"]
+    docs = [nlp.make_doc(text) for text in texts]
+    batch = model.predict(docs)
+    n_max = max(len(doc) for doc in docs)
+    assert batch.shape[2] == n_max
+    for i, doc in enumerate(docs):
+        n = len(doc)
+        if n == 0:
+            assert (batch[i] == numpy.finfo("float32").min).all()
+            continue
+        alone = model.predict([doc])
+        width = alone.shape[3]
+        numpy.testing.assert_allclose(batch[i, :, :n, :width], alone[0], rtol=1e-5, atol=1e-5)
+        # Beyond the doc's own width and length nothing is a candidate.
+        assert (batch[i, :, n:] == numpy.finfo("float32").min).all()
+        assert (batch[i, :, :, width:] == numpy.finfo("float32").min).all()
