@@ -1,0 +1,171 @@
+"""Ablations of the CPU config: global_pointer alone, trained on variants of one base config.
+
+    python benchmarks/ablate.py --train corpus/cluener/train.spacy --dev corpus/cluener/dev.spacy \
+        --config configs/cpu.cfg --out results/ablations/cluener \
+        [--variants recommended,no_bigrams,head_size_64,...] [--max-steps 2000] [--eval-frequency 250] \
+        [any other benchmarks/compare.py option, e.g. --limit-train N --repeats 1]
+
+Each variant changes one thing in the base config (`VARIANTS` below says what). Its config is
+written to OUT/configs/NAME.cfg and trained and timed by `compare.py --systems global_pointer`
+into OUT/NAME, with the same seed, step budget and data as every other variant. Writes
+OUT/ablations.json and OUT/ablations.md: best dev P/R/F, step and minutes to the best, training
+and inference words/s, the global_pointer component's share of inference time, model size.
+"""
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import compare  # benchmarks/compare.py; this script's folder is first on sys.path
+
+Config = Dict[str, Any]
+
+
+def _embed(config: Config) -> Config:
+    return config["components"]["tok2vec"]["model"]["embed"]
+
+
+def _encode(config: Config) -> Config:
+    return config["components"]["tok2vec"]["model"]["encode"]
+
+
+def _gp_model(config: Config) -> Config:
+    return config["components"][compare._find_global_pointer(config)]["model"]
+
+
+def no_ngrams(config: Config) -> None:
+    embed = _embed(config)
+    if embed.get("@architectures") != "spacy-globalpointer.NgramHashEmbed.v1":
+        raise ValueError("no_bigrams needs a base config whose embed is NgramHashEmbed.v1")
+    embed.update({"@architectures": "spacy.MultiHashEmbed.v2", "include_static_vectors": False})
+    for key in ("ngram_attr", "ngram_sizes", "ngram_rows"):
+        embed.pop(key, None)
+
+
+def setter(getter: Callable[[Config], Config], **values: Any) -> Callable[[Config], None]:
+    def apply(config: Config) -> None:
+        getter(config).update(values)
+
+    return apply
+
+
+def bilstm(config: Config) -> None:
+    encode = _encode(config)
+    encode.clear()
+    encode.update({"@architectures": "spacy.TorchBiLSTMEncoder.v1", "width": 128, "depth": 2, "dropout": 0.0})
+
+
+def training(**values: Any) -> Callable[[Config], None]:
+    return setter(lambda config: config["training"]["optimizer"], **values)
+
+
+# name -> (what changes against the base config, how)
+VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
+    "recommended": ("the base config unchanged", lambda config: None),
+    "no_bigrams": ("spaCy's MultiHashEmbed: no character bigrams", no_ngrams),
+    "bigrams_trigrams": ("n-grams of 2 and 3 tokens", setter(_embed, ngram_sizes=[2, 3])),
+    "head_size_64": ("head_size 64", setter(_gp_model, head_size=64)),
+    "efficient": (
+        "Efficient GlobalPointer head",
+        setter(_gp_model, **{"@architectures": "spacy-globalpointer.EfficientGlobalPointer.v1"}),
+    ),
+    "cnn_wide": ("MaxoutWindowEncoder width 256", setter(_encode, width=256)),
+    "cnn_deep": ("MaxoutWindowEncoder depth 8", setter(_encode, depth=8)),
+    "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
+    "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
+}
+
+
+def make_variant(base: Config, name: str) -> Config:
+    config = copy.deepcopy(base)
+    VARIANTS[name][1](config)
+    return config
+
+
+def summarize(name: str, report: Dict[str, Any]) -> Dict[str, Any]:
+    result = report["systems"]["global_pointer"]
+    row: Dict[str, Any] = {"variant": name, "change": VARIANTS[name][0], "status": result.get("status")}
+    if result.get("status") != "ok":
+        return row
+    inference = result["inference"]
+    component = inference["components"].get(result["component"], {})
+    row.update({
+        "best_f": result["best"]["f"], "best_p": result["best"]["p"], "best_r": result["best"]["r"],
+        "best_step": result["best"]["step"], "minutes_to_best": result["best"]["minutes"],
+        "train_words_per_second": result["train"].get("words_per_second"),
+        "infer_words_per_second": inference["words_per_second"],
+        "head_share_of_inference": component.get("share"), "model_mb": result["model_mb"],
+    })
+    return row
+
+
+def format_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
+    def fmt(value: Optional[float], spec: str, scale: float = 1.0) -> str:
+        return "-" if value is None else format(value * scale, spec)
+
+    lines = [
+        "| variant | change | best F | P | R | step of best | min to best | train words/s "
+        "| infer words/s | global_pointer share of inference | model MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['variant']} | {row['change']} | failed | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {row['variant']} | {row['change']} | {fmt(row['best_f'], '.2f', 100)} "
+            f"| {fmt(row['best_p'], '.2f', 100)} | {fmt(row['best_r'], '.2f', 100)} | {row['best_step']} "
+            f"| {fmt(row['minutes_to_best'], '.2f')} | {fmt(row['train_words_per_second'], '.0f')} "
+            f"| {fmt(row['infer_words_per_second'], '.0f')} | {fmt(row['head_share_of_inference'], '.1f', 100)}% "
+            f"| {fmt(row['model_mb'], '.1f')} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Base config {settings['config']}; {settings['max_steps']} steps, evaluation every "
+        f"{settings['eval_frequency']}, global_pointer only, one variant after the other."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=compare.REPO / "configs" / "cpu.cfg")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--eval-frequency", type=int, default=250)
+    args, passthrough = parser.parse_known_args(argv)
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise SystemExit(f"--variants: unknown {unknown or 'empty list'}; choose from {', '.join(VARIANTS)}")
+    from spacy.util import load_config
+
+    base = load_config(args.config, interpolate=False)
+    (args.out / "configs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        config_path = args.out / "configs" / f"{name}.cfg"
+        make_variant(base, name).to_disk(config_path)
+        print(f"== {name}: {VARIANTS[name][0]}", flush=True)
+        compare.main([
+            "--config", str(config_path), "--out", str(args.out / name), "--systems", "global_pointer",
+            "--max-steps", str(args.max_steps), "--eval-frequency", str(args.eval_frequency),
+        ] + passthrough)
+        report = json.loads((args.out / name / "compare.json").read_text(encoding="utf8"))
+        rows.append(summarize(name, report))
+    settings = {"config": str(args.config), "max_steps": args.max_steps, "eval_frequency": args.eval_frequency,
+                "passthrough": passthrough}
+    (args.out / "ablations.json").write_text(
+        json.dumps({"settings": settings, "variants": rows}, indent=2), encoding="utf8"
+    )
+    table = format_markdown(rows, settings)
+    (args.out / "ablations.md").write_text(table, encoding="utf8")
+    print(table)
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

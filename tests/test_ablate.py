@@ -1,0 +1,82 @@
+"""benchmarks/ablate.py: every variant is a valid config that differs from the base where it says,
+and the script runs end to end on the demo data with a tiny budget."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from spacy.util import load_config, load_model_from_config
+
+from spacy_globalpointer.convert import read_jsonl, write_docbin
+
+from .conftest import CONFIGS, REPO
+
+SCRIPT = REPO / "benchmarks" / "ablate.py"
+
+
+def _load_ablate():
+    sys.path.insert(0, str(SCRIPT.parent))  # ablate.py imports compare.py from its folder
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_ablate", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+ablate = _load_ablate()
+
+
+@pytest.mark.parametrize("name", list(ablate.VARIANTS))
+def test_each_variant_builds_a_pipeline_and_changes_only_its_part(name):
+    base = load_config(CONFIGS / "cpu.cfg", interpolate=False)
+    config = ablate.make_variant(base, name)
+    nlp = load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.pipe_names == ["tok2vec", "global_pointer"]
+    changed = {
+        section for section in ("components", "training", "nlp", "corpora") if config[section] != base[section]
+    }
+    assert changed == (set() if name == "recommended" else {"training"} if name.startswith("lr_") else {"components"})
+    # The base config is not touched by building a variant.
+    assert base == load_config(CONFIGS / "cpu.cfg", interpolate=False)
+
+
+def test_no_bigrams_is_spacy_multihashembed():
+    config = ablate.make_variant(load_config(CONFIGS / "cpu.cfg", interpolate=False), "no_bigrams")
+    embed = config["components"]["tok2vec"]["model"]["embed"]
+    assert embed["@architectures"] == "spacy.MultiHashEmbed.v2"
+    assert not any(key.startswith("ngram") for key in embed)
+
+
+def test_ablate_end_to_end_on_demo_data(tmp_path):
+    for split, n in (("train", 60), ("dev", 20)):
+        docs, report = read_jsonl(REPO / "assets" / "demo" / f"{split}.jsonl", "zh")
+        report.raise_if(0)
+        write_docbin(docs[:n], tmp_path / f"{split}.spacy")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--train", str(tmp_path / "train.spacy"), "--dev",
+           str(tmp_path / "dev.spacy"), "--config", str(CONFIGS / "cpu.cfg"), "--out", str(out),
+           "--variants", "recommended,no_bigrams", "--max-steps", "4", "--eval-frequency", "2",
+           "--repeats", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    summary = json.loads((out / "ablations.json").read_text(encoding="utf8"))
+    assert [row["variant"] for row in summary["variants"]] == ["recommended", "no_bigrams"]
+    for row in summary["variants"]:
+        assert row["status"] == "ok"
+        assert 0.0 <= row["best_f"] <= 1.0 and row["best_step"] in (0, 2, 4)
+        assert row["infer_words_per_second"] > 0 and 0.0 < row["head_share_of_inference"] < 1.0
+        assert (out / "configs" / f"{row['variant']}.cfg").exists()
+        assert (out / row["variant"] / "compare.json").exists()
+    table = (out / "ablations.md").read_text(encoding="utf8")
+    assert "| recommended |" in table and "| no_bigrams |" in table
+    # The bigram tables make the recommended model larger on disk than the one without.
+    sizes = {row["variant"]: row["model_mb"] for row in summary["variants"]}
+    assert sizes["recommended"] > sizes["no_bigrams"]
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="unknown"):
+        ablate.main(["--out", str(tmp_path), "--variants", "recommended,nope"])
