@@ -67,6 +67,7 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "no_bigrams": ("spaCy's MultiHashEmbed: no character bigrams", no_ngrams),
     "bigrams_trigrams": ("n-grams of 2 and 3 tokens", setter(_embed, ngram_sizes=[2, 3])),
     "head_size_64": ("head_size 64", setter(_gp_model, head_size=64)),
+    "no_rope": ("no rotary position embedding", setter(_gp_model, rope=False)),
     "efficient": (
         "Efficient GlobalPointer head",
         setter(_gp_model, **{"@architectures": "spacy-globalpointer.EfficientGlobalPointer.v1"}),
