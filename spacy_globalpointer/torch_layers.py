@@ -172,8 +172,12 @@ class GlobalPointerHead(_SpanScorer):
         batch, n, _ = X.shape
         band = _check_band(band, n)
         # Types first, once, so that every later pass and product runs on contiguous rows.
-        qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2)
-        return self._finish(self._scores(qk.contiguous(), band), lengths)
+        # No names for the intermediates: without gradients, each copy of q and k (projected,
+        # types first, rotated) is freed as soon as the next one exists.
+        scores = self._scores(
+            self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2).contiguous(), band
+        )
+        return self._finish(scores, lengths)
 
 
 class EfficientGlobalPointerHead(_SpanScorer):
