@@ -64,11 +64,20 @@ def band_candidate_mask(lengths: torch.Tensor, n: int, band: int) -> torch.Tenso
     return ends[None, :, :] < lengths[:, None, None]
 
 
-def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
+def band_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    band: int,
+    q_phases: Optional[torch.Tensor] = None,
+    k_phases: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Dot products <q_i, k_{i+d}> for 0 <= d < band, per head.
 
     q, k: (batch, heads, n, dim). Returns (batch, heads, n, band). Entries with
-    i + d >= n are zero (they are masked by the caller).
+    i + d >= n are zero (they are masked by the caller). With `q_phases` and
+    `k_phases` ((n, dim / 2) complex, see `rotate_pairs`), q and k are rotated block
+    by block as they are used, so that no rotated copy of the whole of q and k exists:
+    what inference on a long doc wants.
 
     When the band covers the whole sequence one matrix product is cheapest.
     Otherwise the rows are processed in blocks of `band` queries against their
@@ -76,7 +85,10 @@ def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
     stays O(n * band) rather than O(n^2).
     """
     batch, heads, n, _ = q.shape
+    rotate = q_phases is not None and k_phases is not None
     if band >= n:
+        if rotate:
+            q, k = rotate_pairs(q, q_phases), rotate_pairs(k, k_phases)
         full = q @ k.transpose(-1, -2)  # (batch, heads, n, n)
         ends = torch.arange(n, device=q.device)[:, None] + torch.arange(band, device=q.device)
         index = ends.clamp(max=n - 1).expand(batch, heads, n, band)
@@ -89,7 +101,11 @@ def band_scores(q: torch.Tensor, k: torch.Tensor, band: int) -> torch.Tensor:
     for start in range(0, n, band):
         stop = min(start + band, n)
         rows = stop - start
-        local = q[:, :, start:stop] @ k[:, :, start : stop + band - 1].transpose(-1, -2)
+        q_block, k_block = q[:, :, start:stop], k[:, :, start : stop + band - 1]
+        if rotate:
+            q_block = rotate_pairs(q_block, q_phases[start:stop])
+            k_block = rotate_pairs(k_block, k_phases[start : start + k_block.shape[-2]])
+        local = q_block @ k_block.transpose(-1, -2)
         if local.shape[-1] < rows + band - 1:  # keys past the end of the doc score 0
             local = F.pad(local, (0, rows + band - 1 - local.shape[-1]))
         index = local_index[:rows].expand(batch, heads, rows, band)
@@ -128,13 +144,17 @@ class _SpanScorer(nn.Module):
         """
         size = self.head_size
         scale = 1.0 / math.sqrt(size)
-        if self.rope is not None:
-            phases = self.rope.phases(qk.shape[-2])
+        if self.rope is None:
+            return band_scores(qk[..., :size] * scale, qk[..., size:], band)
+        phases = self.rope.phases(qk.shape[-2])
+        if torch.is_grad_enabled() and qk.requires_grad:
+            # Training: rotate once. Autograd keeps the rotated q and k for the products
+            # either way, and block-wise rotation would keep overlapping copies of k.
             qk = rotate_pairs(qk, torch.cat((phases * scale, phases), -1))
-            q, k = qk[..., :size], qk[..., size:]
-        else:
-            q, k = qk[..., :size] * scale, qk[..., size:]
-        return band_scores(q, k, band)
+            return band_scores(qk[..., :size], qk[..., size:], band)
+        # Inference: block by block, so that a long doc never holds a rotated copy of
+        # all of q and k next to the projection.
+        return band_scores(qk[..., :size], qk[..., size:], band, phases * scale, phases)
 
     def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # The loss and decoding run in fp32 whatever precision the products used.

@@ -217,3 +217,28 @@ def test_scores_of_a_doc_do_not_depend_on_the_rest_of_its_batch(max_span_length)
         # Beyond the doc's own width and length nothing is a candidate.
         assert (batch[i, :, n:] == numpy.finfo("float32").min).all()
         assert (batch[i, :, :, width:] == numpy.finfo("float32").min).all()
+
+
+@pytest.mark.parametrize("n,w", [(1, 1), (7, 3), (16, 4), (33, 8), (5, 40)])
+def test_band_scores_rotate_block_by_block_like_the_whole_sequence(n, w):
+    rope = RotaryPositionEmbedding(8)
+    generator = torch.Generator().manual_seed(n + w)
+    q = torch.randn(1, 2, n, 8, generator=generator)
+    k = torch.randn(1, 2, n, 8, generator=generator)
+    phases = rope.phases(n)
+    torch.testing.assert_close(
+        band_scores(q, k, w, phases * 0.5, phases),
+        band_scores(rope(q) * 0.5, rope(k), w),
+        atol=ATOL, rtol=ATOL,
+    )
+
+
+@pytest.mark.parametrize("head_class", HEAD_CLASSES)
+def test_head_scores_are_the_same_with_and_without_gradients(head_class):
+    """Training rotates q and k whole, inference block by block: the scores agree."""
+    head = _head(head_class, 12, 3, seed=5)
+    X, lengths = _batch(23, 12, seed=5)
+    with torch.no_grad():
+        inference = head(X, lengths, band=4)
+    training = head(X.requires_grad_(), lengths, band=4)
+    torch.testing.assert_close(inference, training.detach(), atol=ATOL, rtol=ATOL)
