@@ -137,7 +137,7 @@ class _SpanScorer(nn.Module):
         self.offset = nn.Parameter(torch.full((n_types,), float(initial_offset)))
 
     def _scores(self, qk: torch.Tensor, band: int) -> torch.Tensor:
-        """qk: (batch, heads, n, 2 * head_size), q then k -> (batch, heads, n, band).
+        """qk: (batch, heads, n, 2 * head_size), q then k (any strides) -> (batch, heads, n, band).
 
         RoPE rotates q and k in one pass, and the 1 / sqrt(head_size) scaling rides
         along in the modulus of q's phases instead of costing a pass of its own.
@@ -148,12 +148,13 @@ class _SpanScorer(nn.Module):
             return band_scores(qk[..., :size] * scale, qk[..., size:], band)
         phases = self.rope.phases(qk.shape[-2])
         if torch.is_grad_enabled() and qk.requires_grad:
-            # Training: rotate once. Autograd keeps the rotated q and k for the products
-            # either way, and block-wise rotation would keep overlapping copies of k.
-            qk = rotate_pairs(qk, torch.cat((phases * scale, phases), -1))
+            # Training: rotate once, on a contiguous copy so that the rotation and the
+            # products read contiguous rows. Autograd keeps the rotated q and k for the
+            # products either way, and block-wise rotation would keep overlapping copies of k.
+            qk = rotate_pairs(qk.contiguous(), torch.cat((phases * scale, phases), -1))
             return band_scores(qk[..., :size], qk[..., size:], band)
-        # Inference: block by block, so that a long doc never holds a rotated copy of
-        # all of q and k next to the projection.
+        # Inference: block by block, straight from the projection's output, so that a long
+        # doc never holds a second copy of all of q and k.
         return band_scores(qk[..., :size], qk[..., size:], band, phases * scale, phases)
 
     def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -191,13 +192,8 @@ class GlobalPointerHead(_SpanScorer):
         """X: (batch, n, width), lengths: (batch,) -> scores (batch, types, n, band)."""
         batch, n, _ = X.shape
         band = _check_band(band, n)
-        # Types first, once, so that every later pass and product runs on contiguous rows.
-        # No names for the intermediates: without gradients, each copy of q and k (projected,
-        # types first, rotated) is freed as soon as the next one exists.
-        scores = self._scores(
-            self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2).contiguous(), band
-        )
-        return self._finish(scores, lengths)
+        qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2)
+        return self._finish(self._scores(qk, band), lengths)
 
 
 class EfficientGlobalPointerHead(_SpanScorer):
