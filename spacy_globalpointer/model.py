@@ -169,20 +169,28 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Ca
             "linearly with doc length, or split the doc."
         )
     width = n_max if band is None else min(band, n_max)
-    scores = ops.xp.full((len(docs), n_labels, n_max, width), _NOT_A_CANDIDATE, dtype="float32")
+    groups = _length_groups(lengths)
+    # One group holding the batch in its own order (always so for a single doc): its
+    # scores are the output, with no second array of the same size to fill.
+    whole_batch = len(groups) == 1 and n_max > 0 and groups[0] == list(range(len(docs)))
+    scores = None
+    if not whole_batch:
+        scores = ops.xp.full((len(docs), n_labels, n_max, width), _NOT_A_CANDIDATE, dtype="float32")
     callbacks = []
     # Docs of similar length are scored together, each group padded to its own longest
     # doc: one long doc no longer makes every doc of the batch pay for its length.
-    for group in _length_groups(lengths):
+    for group in groups:
         group_n = lengths[group[-1]]
         if group_n == 0:
             continue
         group_lengths = ops.asarray1i([lengths[i] for i in group])
         padded = ops.pad([Xs[i] for i in group])  # (group, group_n, width)
         group_scores, backprop_head = head((padded, group_lengths, band), is_train)
-        index = ops.asarray1i(group)
         group_width = group_scores.shape[3]
-        scores[index, :, :group_n, :group_width] = group_scores
+        if whole_batch:
+            scores = group_scores
+        else:
+            scores[ops.asarray1i(group), :, :group_n, :group_width] = group_scores
         callbacks.append((group, group_width, backprop_head))
 
     def backprop(d_scores: Floats4d) -> List[Doc]:
