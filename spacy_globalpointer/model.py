@@ -186,20 +186,19 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Ca
         group_lengths = ops.asarray1i([lengths[i] for i in group])
         padded = ops.pad([Xs[i] for i in group])  # (group, group_n, width)
         group_scores, backprop_head = head((padded, group_lengths, band), is_train)
-        group_width = group_scores.shape[3]
+        # Where the group's scores sit in the batch's: docs, (all types,) tokens, band.
+        where = (ops.asarray1i(group), slice(None), slice(0, group_n), slice(0, group_scores.shape[3]))
         if whole_batch:
             scores = group_scores
         else:
-            scores[ops.asarray1i(group), :, :group_n, :group_width] = group_scores
-        callbacks.append((group, group_width, backprop_head))
+            scores[where] = group_scores
+        callbacks.append((group, where, backprop_head))
 
     def backprop(d_scores: Floats4d) -> List[Doc]:
-        d_Xs = [ops.alloc2f(n, model.get_dim("nI")) for n in lengths]
-        for group, group_width, backprop_head in callbacks:
-            group_n = lengths[group[-1]]
-            d_group = ops.xp.ascontiguousarray(
-                d_scores[ops.asarray1i(group), :, :group_n, :group_width]
-            )
+        n_in = model.get_dim("nI")
+        d_Xs = [ops.alloc2f(n, n_in) for n in lengths]
+        for group, where, backprop_head in callbacks:
+            d_group = d_scores if whole_batch else ops.xp.ascontiguousarray(d_scores[where])
             d_padded = backprop_head(d_group)
             for i, d_X in zip(group, ops.unpad(d_padded, [lengths[i] for i in group])):
                 d_Xs[i] = d_X

@@ -80,13 +80,12 @@ def ngram_features(
 
 
 def _ngram_features_forward(model: Model, docs: List[Doc], is_train: bool):
-    columns = model.attrs["columns"]
+    # The n-gram attribute goes last, so that values[:, -1] holds it.
+    columns = model.attrs["columns"] + [model.attrs["ngram_column"]]
     sizes = model.attrs["ngram_sizes"]
     features = []
     for doc in docs:
-        n_columns = len(columns) + 1
-        values = doc.to_array(columns + [model.attrs["ngram_column"]]).astype("uint64")
-        values = values.reshape((len(doc), n_columns))
+        values = doc.to_array(columns).astype("uint64").reshape((len(doc), len(columns)))
         tokens = values[:, -1]
         parts = [values[:, :-1]]
         for size in sizes:

@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
