@@ -4,7 +4,7 @@ import sys
 import numpy
 import pytest
 import spacy
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import DocBin
 from spacy.training import Example
 from thinc.api import fix_random_seed
 
