@@ -57,6 +57,17 @@ def bilstm(config: Config) -> None:
     encode.update({"@architectures": "spacy.TorchBiLSTMEncoder.v1", "width": 128, "depth": 2, "dropout": 0.0})
 
 
+def character_embed(config: Config) -> None:
+    """spaCy's CharacterEmbed.v2: the first and last 4 characters of each word, plus its NORM."""
+    embed = _embed(config)
+    width = embed.get("width", _encode(config).get("width", 96))
+    embed.clear()
+    embed.update({
+        "@architectures": "spacy.CharacterEmbed.v2", "width": width, "rows": 7000, "nM": 64, "nC": 8,
+        "include_static_vectors": False,
+    })
+
+
 def training(**values: Any) -> Callable[[Config], None]:
     return setter(lambda config: config["training"]["optimizer"], **values)
 
@@ -74,6 +85,10 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     ),
     "cnn_wide": ("MaxoutWindowEncoder width 256", setter(_encode, width=256)),
     "cnn_deep": ("MaxoutWindowEncoder depth 8", setter(_encode, depth=8)),
+    "cnn_window_2": ("MaxoutWindowEncoder window_size 2 (8 tokens each side at depth 4)", setter(_encode, window_size=2)),
+    "cnn_window_3": ("MaxoutWindowEncoder window_size 3 (12 tokens each side at depth 4)", setter(_encode, window_size=3)),
+    "char_embed": ("spaCy's CharacterEmbed.v2 (nM 64, nC 8) instead of MultiHashEmbed", character_embed),
+    "head_size_32": ("head_size 32", setter(_gp_model, head_size=32)),
     "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
     "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
 }
