@@ -1,5 +1,6 @@
 """Thinc architectures: tok2vec -> padding -> PyTorch GlobalPointer head -> span scores."""
 import os
+import warnings
 from io import BytesIO
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -7,7 +8,7 @@ import numpy
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
+from thinc.api import ArgsKwargs, CupyOps, Model, Ops, PyTorchWrapper_v3, get_current_ops, torch2xp, xp2torch
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from thinc.types import Floats2d, Floats3d, Floats4d, Ints1d
 
@@ -18,6 +19,32 @@ from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead
 MAX_FULL_SCORES = 2**28
 
 _after_fork_registered = False
+
+CPU_MIXED_PRECISION_WARNING = (
+    "spacy-globalpointer: mixed precision and gradient scaling need a CUDA GPU and this "
+    "pipeline runs on CPU, so they are switched off (set mixed_precision = false in the "
+    "config to silence this)."
+)
+
+
+def on_cuda(ops: Optional[Ops] = None) -> bool:
+    """Whether the pipeline runs on a CUDA GPU: thinc's ops are CupyOps (`spacy train
+    --gpu-id`, `spacy.require_gpu()`), else the current ops are used."""
+    return isinstance(ops if ops is not None else get_current_ops(), CupyOps)
+
+
+def mixed_precision_for_device(requested: bool, ops: Optional[Ops] = None) -> bool:
+    """Mixed precision (and gradient scaling) as requested on a GPU; off on CPU.
+
+    thinc autocasts only on CUDA and its gradient scaler refuses CPU tensors, so a config
+    written for a GPU would otherwise crash at the first update on CPU. The warning is
+    issued from this one line, so Python's default filter shows it once per process
+    however many layers ask.
+    """
+    if requested and not on_cuda(ops):
+        warnings.warn(CPU_MIXED_PRECISION_WARNING, stacklevel=1)
+        return False
+    return requested
 
 
 def build_global_pointer(
@@ -121,12 +148,15 @@ def build_head(model: Model) -> None:
     torch_head = model.attrs["head_class"](
         width, n_labels, head_size=model.attrs["head_size"], rope=model.attrs["rope"]
     )
+    grad_scaler = model.attrs["grad_scaler"]
+    wants_scaling = grad_scaler is not None and grad_scaler._enabled
+    mixed_precision = mixed_precision_for_device(model.attrs["mixed_precision"] or wants_scaling, model.ops)
     head = PyTorchWrapper_v3(
         torch_head,
         convert_inputs=_convert_inputs,
         convert_outputs=_convert_outputs,
-        mixed_precision=model.attrs["mixed_precision"],
-        grad_scaler=model.attrs["grad_scaler"],
+        mixed_precision=mixed_precision and model.attrs["mixed_precision"],
+        grad_scaler=grad_scaler if mixed_precision else PyTorchGradScaler(enabled=False),
         deserialize_model=_load_weights_only,
     )
     model._layers.append(head)

@@ -1,4 +1,5 @@
 """The `global_pointer` pipeline component: nested and flat entities in `doc.spans`."""
+import contextlib
 import math
 import warnings
 from dataclasses import replace
@@ -64,6 +65,7 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
         "threshold": 0.0,
         "max_span_length": None,
         "write_ents": False,
+        "head_optimizer": None,
         "model": DEFAULT_MODEL,
         "scorer": {"@scorers": "spacy-globalpointer.scorer.v1"},
     },
@@ -78,6 +80,7 @@ def make_global_pointer(
     max_span_length: Optional[int],
     write_ents: bool,
     scorer: Optional[Callable],
+    head_optimizer: Optional[Optimizer] = None,
 ) -> "GlobalPointer":
     """Create a GlobalPointer span recognizer.
 
@@ -89,6 +92,8 @@ def make_global_pointer(
     max_span_length: spans of more tokens are not candidates. Set it to make time
         and memory grow linearly with doc length; None scores every span.
     write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
+    head_optimizer: an optimizer of the head's own (e.g. Adam at 1e-3 while a transformer
+        fine-tunes at 2e-5); None updates the head with the training optimizer.
     """
     return GlobalPointer(
         nlp.vocab,
@@ -99,6 +104,7 @@ def make_global_pointer(
         max_span_length=max_span_length,
         write_ents=write_ents,
         scorer=scorer,
+        head_optimizer=head_optimizer,
     )
 
 
@@ -166,6 +172,7 @@ class GlobalPointer(TrainablePipe):
         max_span_length: Optional[int] = None,
         write_ents: bool = False,
         scorer: Optional[Callable] = global_pointer_score,
+        head_optimizer: Optional[Optimizer] = None,
     ) -> None:
         if not isinstance(spans_key, str) or not spans_key:
             raise ValueError(f"global_pointer: spans_key must be a non-empty string, got {spans_key!r}.")
@@ -181,6 +188,7 @@ class GlobalPointer(TrainablePipe):
             "write_ents": bool(write_ents),
         }
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
+        self.head_optimizer = head_optimizer
 
     @property
     def key(self) -> str:
@@ -390,6 +398,38 @@ class GlobalPointer(TrainablePipe):
         if not any(len(eg.predicted) for eg in examples):
             return losses
         return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """Apply the accumulated gradients: the head with `head_optimizer` when one is set
+        (stepping its schedules once per update), everything else with `sgd`."""
+        if self.head_optimizer is None or not self.model.has_ref("head"):
+            self.model.finish_update(sgd)
+            return
+        head = self.model.get_ref("head")
+        for layer in self.model.layers:
+            layer.finish_update(self.head_optimizer if layer is head else sgd)
+        self.head_optimizer.step_schedules()
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict):
+        """Swap in averaged weights (the training optimizer's, and the head optimizer's own
+        when it keeps them) for evaluation and for saving model-best.
+
+        thinc's optimizers keep a torch shim's averages under (shim.id, name), while the
+        shim's use_params reads "pytorch_{id}_{name}" keys; without this translation the
+        head would silently keep its current weights.
+        """
+        params = dict(params)
+        if self.head_optimizer is not None and self.head_optimizer.averages:
+            params.update(self.head_optimizer.averages)
+        if self.model.has_ref("head"):
+            for shim in self.model.get_ref("head").shims:
+                params.update({
+                    f"pytorch_{shim.id}_{key[1]}": value for key, value in params.items()
+                    if isinstance(key, tuple) and key[0] == shim.id
+                })
+        with self.model.use_params(params):
+            yield
 
     # Serialization: restore cfg (labels) first, build the head, then load its weights.
 
