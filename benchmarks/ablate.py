@@ -68,6 +68,19 @@ def character_embed(config: Config) -> None:
     })
 
 
+def attention(depth: int) -> Callable[[Config], None]:
+    """The base CNN plus `depth` local self-attention layers (spacy-globalpointer.CNNAttentionEncoder.v1)."""
+
+    def apply(config: Config) -> None:
+        encode = _encode(config)
+        encode.update({
+            "@architectures": "spacy-globalpointer.CNNAttentionEncoder.v1",
+            "attention_depth": depth, "attention_heads": 4, "attention_window": 64,
+        })
+
+    return apply
+
+
 def training(**values: Any) -> Callable[[Config], None]:
     return setter(lambda config: config["training"]["optimizer"], **values)
 
@@ -89,6 +102,8 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "cnn_window_3": ("MaxoutWindowEncoder window_size 3 (12 tokens each side at depth 4)", setter(_encode, window_size=3)),
     "char_embed": ("spaCy's CharacterEmbed.v2 (nM 64, nC 8) instead of MultiHashEmbed", character_embed),
     "head_size_32": ("head_size 32", setter(_gp_model, head_size=32)),
+    "cnn_attention_1": ("the CNN plus 1 self-attention layer (RoPE, 4 heads, window 64)", attention(1)),
+    "cnn_attention_2": ("the CNN plus 2 self-attention layers (RoPE, 4 heads, window 64)", attention(2)),
     "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
     "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
 }

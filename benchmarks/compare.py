@@ -42,14 +42,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LOGGER_CODE = HERE / "jsonl_logger.py"
-SYSTEMS = ("global_pointer", "efficient_global_pointer", "ner", "spancat")
+SYSTEMS = ("global_pointer", "efficient_global_pointer", "ner", "spancat", "span_finder")
 GP_ARCHITECTURES = {
     "global_pointer": "spacy-globalpointer.GlobalPointer.v1",
     "efficient_global_pointer": "spacy-globalpointer.EfficientGlobalPointer.v1",
 }
+# Components that are the shared encoder, not the task: excluded from the task's share of inference.
+ENCODERS = ("tokenizer", "tok2vec", "transformer")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-# Longest n-gram spancat suggests when --max-span-length is "auto" (the longest gold span, capped).
+# Longest n-gram spancat suggests when --suggester-max-size is "auto" (the longest gold span, capped).
 DEFAULT_MAX_SPAN_CAP = 25
+# span_finder's threshold while training; the inference pass also sweeps SPAN_FINDER_SWEEP on dev.
+SPAN_FINDER_THRESHOLD = 0.2
+SPAN_FINDER_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +141,9 @@ def resolve_max_span_length(value: str, longest: int, cap: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"--max-span-length must be 'auto' or an integer >= 1, got {value!r}") from None
+        raise ValueError(f"--suggester-max-size must be 'auto' or an integer >= 1, got {value!r}") from None
     if n < 1:
-        raise ValueError(f"--max-span-length must be 'auto' or an integer >= 1, got {value!r}")
+        raise ValueError(f"--suggester-max-size must be 'auto' or an integer >= 1, got {value!r}")
     return n
 
 
@@ -193,9 +198,9 @@ def task_component(
                 "tok2vec": tok2vec,
             },
         }
-    if system == "spancat":
+    if system in ("spancat", "span_finder"):
         # As `spacy init config --pipeline tok2vec,spancat` writes it, with a range suggester
-        # that reaches the long gold spans.
+        # that reaches the long gold spans (span_finder: the candidates span_finder writes).
         return "spancat", {
             "factory": "spancat",
             "max_positive": None,
@@ -208,9 +213,32 @@ def task_component(
                 "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": None, "nI": None},
                 "tok2vec": tok2vec,
             },
-            "suggester": {"@misc": "spacy.ngram_range_suggester.v1", "min_size": 1, "max_size": max_span_length},
+            "suggester": (
+                {"@misc": "spacy.preset_spans_suggester.v1", "spans_key": spans_key}
+                if system == "span_finder"
+                else {"@misc": "spacy.ngram_range_suggester.v1", "min_size": 1, "max_size": max_span_length}
+            ),
         }
     raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+
+
+def span_finder_component(tok2vec: Dict[str, Any], *, spans_key: str, max_length: int) -> Dict[str, Any]:
+    """spaCy's span_finder as the quickstart writes it: it learns span starts and ends from the
+    gold under `spans_key` and writes candidates there, which spancat's preset suggester reads
+    (spancat then overwrites them with its own predictions)."""
+    return {
+        "factory": "span_finder",
+        "spans_key": spans_key,
+        "threshold": SPAN_FINDER_THRESHOLD,
+        "max_length": max_length,
+        "min_length": None,
+        "scorer": {"@scorers": "spacy.span_finder_scorer.v1"},
+        "model": {
+            "@architectures": "spacy.SpanFinder.v1",
+            "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": 2},
+            "tok2vec": copy.deepcopy(tok2vec),
+        },
+    }
 
 
 def score_weights(system: str, spans_key: str) -> Dict[str, Optional[float]]:
@@ -236,6 +264,8 @@ def build_config(
     eval_frequency: int,
     seed: Optional[int],
     log_path: str,
+    patience: Optional[int] = None,
+    gold_tokens: bool = False,
 ):
     """The config `spacy train` runs for one system: `base` with its global_pointer swapped for
     the system's component, and the data, budget, score weights and logger set."""
@@ -245,9 +275,17 @@ def build_config(
         system, config["components"][gp_name], spans_key=spans_key, max_span_length=max_span_length
     )
     name = name or gp_name
+    tok2vec = copy.deepcopy(config["components"][gp_name]["model"]["tok2vec"])
     del config["components"][gp_name]
     config["components"][name] = block
-    config["nlp"]["pipeline"] = [name if pipe == gp_name else pipe for pipe in config["nlp"]["pipeline"]]
+    pipeline = [name if pipe == gp_name else pipe for pipe in config["nlp"]["pipeline"]]
+    if system == "span_finder":
+        config["components"]["span_finder"] = span_finder_component(
+            tok2vec, spans_key=spans_key, max_length=max_span_length
+        )
+        pipeline.insert(pipeline.index(name), "span_finder")
+        config["training"]["annotating_components"] = ["span_finder"]
+    config["nlp"]["pipeline"] = pipeline
     init_components = config.get("initialize", {}).get("components", {})
     if name != gp_name and gp_name in init_components:
         del init_components[gp_name]
@@ -257,6 +295,11 @@ def build_config(
         config["system"]["seed"] = seed
     config["training"]["max_steps"] = max_steps
     config["training"]["eval_frequency"] = eval_frequency
+    if patience is not None:
+        config["training"]["patience"] = patience
+    if gold_tokens:
+        for corpus in ("train", "dev"):
+            config["corpora"][corpus]["gold_preproc"] = True
     config["training"]["score_weights"] = score_weights(system, spans_key)
     config["training"]["logger"] = {
         "@loggers": "spacy-globalpointer.JSONLLogger.v1",
@@ -312,13 +355,22 @@ def _dir_mb(path: Path) -> float:
 # Inference worker (runs in its own process: python compare.py _infer ...)
 
 
-def _timed_components(nlp, texts: List[str], batch_size: int) -> Dict[str, Dict[str, float]]:
+def _inputs(nlp, gold: list, gold_tokens: bool) -> list:
+    """What the pipeline reads: the dev texts, or new docs of the gold tokens (no annotations)."""
+    from spacy.tokens import Doc
+
+    if not gold_tokens:
+        return [doc.text for doc in gold]
+    return [Doc(nlp.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc]) for doc in gold]
+
+
+def _timed_components(nlp, texts: list, batch_size: int) -> Dict[str, Dict[str, float]]:
     """Seconds per component over all texts: tokenizer, then each pipe's predict and set_annotations."""
     from spacy.util import minibatch
 
     times: Dict[str, Dict[str, float]] = {"tokenizer": {"total": 0.0}}
     start = time.perf_counter()
-    docs = [nlp.make_doc(text) for text in texts]
+    docs = [nlp.make_doc(text) if isinstance(text, str) else text.copy() for text in texts]
     times["tokenizer"]["total"] = time.perf_counter() - start
     for name, proc in nlp.pipeline:
         predict = annotate = 0.0
@@ -340,11 +392,16 @@ def _timed_components(nlp, texts: List[str], batch_size: int) -> Dict[str, Dict[
     return times
 
 
-def _score_against_gold(docs: list, gold: list, key: str, use_ents: bool) -> Dict[str, Any]:
+def _score_against_gold(
+    docs: list, gold: list, key: str, use_ents: bool, max_span_length: Optional[int] = None
+) -> Dict[str, Any]:
     """P/R/F of the predictions against every gold span in doc.spans[key], overlaps allowed
-    (for ner, whose own dev scores are against the filtered gold)."""
+    (for ner, whose own dev scores are against the filtered gold), and the recall of nested,
+    flat, inner, outer (and long) gold spans (spacy_globalpointer.scoring)."""
     from spacy.scorer import Scorer
     from spacy.training import Example
+
+    from spacy_globalpointer.scoring import recall_by_kind
 
     probe = "_compare"
     examples = []
@@ -355,12 +412,19 @@ def _score_against_gold(docs: list, gold: list, key: str, use_ents: bool) -> Dic
     scores = Scorer.score_spans(
         examples, probe, getter=lambda doc, attr: doc.spans.get(probe, []), allow_overlap=True
     )
+    by_kind = recall_by_kind(examples, probe, max_span_length=max_span_length)
     return {
         "p": scores[f"{probe}_p"],
         "r": scores[f"{probe}_r"],
         "f": scores[f"{probe}_f"],
         "per_type": scores[f"{probe}_per_type"],
+        "recall_by_kind": {name[len(probe) + 1 : -2]: value for name, value in by_kind.items()},
     }
+
+
+def _copies(inputs: list) -> list:
+    """Texts as they are, docs copied: each timed pass starts from unannotated docs."""
+    return [x if isinstance(x, str) else x.copy() for x in inputs]
 
 
 def infer_main(argv: Sequence[str]) -> int:
@@ -370,6 +434,7 @@ def infer_main(argv: Sequence[str]) -> int:
     parser.add_argument("result", type=Path)
     parser.add_argument("--spans-key", default="sc")
     parser.add_argument("--use-ents", action="store_true")
+    parser.add_argument("--gold-tokens", action="store_true")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=200)
@@ -387,12 +452,12 @@ def infer_main(argv: Sequence[str]) -> int:
     nlp = spacy.load(args.model)
     load_seconds = time.perf_counter() - load_start
     gold = _read_docs(args.dev, nlp.vocab, 0)
-    texts = [doc.text for doc in gold]
-    list(nlp.pipe(texts[: args.warmup], batch_size=args.batch_size))
+    texts = _inputs(nlp, gold, args.gold_tokens)
+    list(nlp.pipe(_copies(texts[: args.warmup]), batch_size=args.batch_size))
     runs, docs = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        docs = list(nlp.pipe(texts, batch_size=args.batch_size))
+        docs = list(nlp.pipe(_copies(texts), batch_size=args.batch_size))
         runs.append(time.perf_counter() - start)
     words = sum(len(doc) for doc in docs)
     seconds = statistics.median(runs)
@@ -404,6 +469,21 @@ def infer_main(argv: Sequence[str]) -> int:
     profiled_total = sum(c["total"] for c in components.values())
     for c in components.values():
         c["share"] = c["total"] / profiled_total if profiled_total else 0.0
+    # What the task costs: every component but the tokenizer and the shared encoder.
+    task_share = sum(c["share"] for name, c in components.items() if name not in ENCODERS)
+    band = next((proc.cfg.get("max_span_length") for _, proc in nlp.pipeline
+                 if getattr(proc, "cfg", None) and "max_span_length" in proc.cfg), None)
+    sweep = None
+    if "span_finder" in nlp.pipe_names:
+        # span_finder's threshold decides which candidates spancat sees: report each on dev.
+        finder = nlp.get_pipe("span_finder")
+        trained_with = finder.cfg["threshold"]
+        sweep = []
+        for threshold in SPAN_FINDER_SWEEP:
+            finder.cfg["threshold"] = threshold
+            swept = list(nlp.pipe(_copies(texts), batch_size=args.batch_size))
+            sweep.append({"threshold": threshold, **_score_against_gold(swept, gold, args.spans_key, False)})
+        finder.cfg["threshold"] = trained_with
     result = {
         "n_texts": len(texts),
         "words": words,
@@ -416,7 +496,9 @@ def infer_main(argv: Sequence[str]) -> int:
         "components": components,
         "profiled_seconds": profiled_total,
         "threads": {var: os.environ.get(var) for var in THREAD_VARS},
-        "all_gold": _score_against_gold(docs, gold, args.spans_key, args.use_ents),
+        "task_share": task_share,
+        "all_gold": _score_against_gold(docs, gold, args.spans_key, args.use_ents, band),
+        "span_finder_threshold_sweep": sweep,
     }
     args.result.write_text(json.dumps(result, indent=2), encoding="utf8")
     return 0
@@ -483,10 +565,8 @@ def _versions() -> Dict[str, str]:
 
 
 def _machine() -> Dict[str, Any]:
-    try:
-        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    except (OSError, ValueError, subprocess.CalledProcessError):
-        nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Not GNU nproc: it reports OMP_NUM_THREADS, which the runs set to 1.
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "nproc": nproc,
         "cpu_count": os.cpu_count(),
@@ -556,7 +636,8 @@ def format_markdown(report: Dict[str, Any]) -> str:
             task = inf["components"].get(s["component"], {})
             profiled = inf["profiled_seconds"] or 1.0
             share = (
-                f"{_fmt(task.get('share'), '.1f', 100)}% ({_fmt(task.get('predict', 0) / profiled, '.1f', 100)} + "
+                f"{_fmt(inf.get('task_share', task.get('share')), '.1f', 100)}% "
+                f"({_fmt(task.get('predict', 0) / profiled, '.1f', 100)} + "
                 f"{_fmt(task.get('set_annotations', 0) / profiled, '.1f', 100)})"
             )
             lines.append(
@@ -564,6 +645,28 @@ def format_markdown(report: Dict[str, Any]) -> str:
                 f"| {_fmt(train['words_per_second_excl_eval'], '.0f')} | {share} "
                 f"| {_fmt(inf['all_gold']['f'], scale=100)} |"
             )
+        kinds = [k for k in ("flat", "nested", "inner", "outer", "long")
+                 if any(s["inference"]["all_gold"].get("recall_by_kind", {}).get(k) is not None for s in ok.values())]
+        if "nested" in kinds:
+            lines += [
+                "",
+                "Recall by kind of gold span (model-best on dev, all gold spans; nested = inside or containing "
+                "another gold span, inner = inside one, outer = containing one, long = longer than the band):",
+                "",
+                "| system | " + " | ".join(f"{k} R" for k in kinds) + " | nested / flat |",
+                "|---|" + "---:|" * (len(kinds) + 1),
+            ]
+            for name, s in ok.items():
+                by_kind = s["inference"]["all_gold"].get("recall_by_kind", {})
+                ratio = (by_kind["nested"] / by_kind["flat"]) if by_kind.get("nested") is not None and by_kind.get("flat") else None
+                lines.append(f"| {name} | " + " | ".join(_fmt(by_kind.get(k), scale=100) for k in kinds) + f" | {_fmt(ratio)} |")
+        for name, s in ok.items():
+            sweep = s["inference"].get("span_finder_threshold_sweep")
+            if sweep:
+                cells = ", ".join(f"{row['threshold']}: F {_fmt(row['f'], scale=100)}" for row in sweep)
+                best = max(sweep, key=lambda row: row["f"])
+                lines += ["", f"{name}: span_finder threshold on dev (trained at {SPAN_FINDER_THRESHOLD}): {cells}; "
+                          f"best {best['threshold']} (F {_fmt(best['f'], scale=100)})."]
     data = report["data"]
     lines += [
         "",
@@ -580,8 +683,13 @@ def format_markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: Dict[str, Any], path: Path) -> None:
-    import matplotlib
+def plot(report: Dict[str, Any], path: Path) -> bool:
+    """compare.png (dev F1 against training minutes); False, with a note, without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed, so {path} was not drawn (pip install matplotlib)", file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -604,6 +712,7 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,6 +730,7 @@ def run_system(
     spans_key: str,
     repeats: int,
     component: str,
+    gold_tokens: bool = False,
 ) -> Dict[str, Any]:
     folder = out / system
     folder.mkdir(parents=True, exist_ok=True)
@@ -653,7 +763,8 @@ def run_system(
     result["model_mb"] = _dir_mb(model)
     infer_json = folder / "inference.json"
     cmd = [python, str(Path(__file__).resolve()), "_infer", str(model), dev, str(infer_json),
-           "--spans-key", spans_key, "--repeats", str(repeats)] + (["--use-ents"] if system == "ner" else [])
+           "--spans-key", spans_key, "--repeats", str(repeats)] + (["--use-ents"] if system == "ner" else []) \
+        + (["--gold-tokens"] if gold_tokens else [])
     print(f"[{system}] inference: {shlex.join(cmd)}", flush=True)
     run = run_measured(cmd, folder / "inference.log", threads)
     if run["returncode"] != 0 or not infer_json.is_file():
@@ -662,7 +773,7 @@ def run_system(
         return result
     result["inference"] = {**json.loads(infer_json.read_text(encoding="utf8")), **run}
     result["status"] = "ok"
-    share = result["inference"]["components"][component]["share"]
+    share = result["inference"]["task_share"]
     print(
         f"[{system}] best F {result['best']['f'] * 100:.2f} at step {result['best']['step']}; "
         f"train {result['train']['words_per_second']:.0f} words/s; "
@@ -672,11 +783,36 @@ def run_system(
     return result
 
 
+# The component whose scores are the system's, where it is not named after the system.
+TASK_COMPONENTS = {"span_finder": "spancat"}
+
+
+def _finished(system: str, out: Path, others: Sequence[Path]) -> Optional[Dict[str, Any]]:
+    """A system's finished result from OUT or one of the joined output folders (copied into OUT)."""
+    import shutil
+
+    for folder in [out] + [Path(o).resolve() for o in others]:
+        previous = folder / system / "result.json"
+        if not previous.exists():
+            continue
+        result = json.loads(previous.read_text(encoding="utf8"))
+        if result.get("status") != "ok":
+            continue
+        if folder != out:
+            shutil.copytree(folder / system, out / system, dirs_exist_ok=True)
+        print(f"{system}: reusing {previous}", flush=True)
+        return result
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train global_pointer, efficient_global_pointer, ner and spancat on the same data, "
         "tok2vec and budget; compare accuracy, speed, memory and size.",
-        epilog="Trailing --section.key value arguments override the base config for every system.",
+        epilog="Trailing --section.key value arguments override the base config for every system, as in "
+        "spacy train: e.g. --components.global_pointer.max_span_length 20 --training.optimizer.learn_rate 0.002. "
+        "Parallel lanes: run --systems A,B --out OUT and --systems C --out OUT_C at once, then the same "
+        "command with --systems A,B,C --out OUT --join OUT_C writes the joined report without training again.",
     )
     parser.add_argument("--train", type=Path, required=True, help="train DocBin, gold spans in doc.spans[KEY]")
     parser.add_argument("--dev", type=Path, required=True, help="dev DocBin, gold spans in doc.spans[KEY]")
@@ -686,18 +822,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--eval-frequency", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop a system after this many steps without a better dev score (training.patience; "
+                        "default: the base config's). With a large --max-steps this trains to convergence")
     parser.add_argument("--seed", type=int, default=None, help="default: the base config's system.seed")
     parser.add_argument("--limit-train", type=int, default=0, help="use the first N train docs (0: all)")
     parser.add_argument("--limit-dev", type=int, default=0, help="use the first N dev docs (0: all)")
     parser.add_argument("--spans-key", default="sc")
-    parser.add_argument("--max-span-length", default="auto",
-                        help="spancat's longest suggested span: 'auto' (longest train span, capped) or N")
+    parser.add_argument("--gold-tokens", action="store_true",
+                        help="train and predict on the DocBins' own tokens (corpora gold_preproc; docs of the gold "
+                        "words at inference), for data converted with its own tokens such as GENIA")
+    parser.add_argument("--suggester-max-size", "--max-span-length", dest="suggester_max_size", default="auto",
+                        help="spancat's longest suggested n-gram and span_finder's max_length: 'auto' (the longest "
+                        "train span, capped by --max-span-cap) or N. global_pointer's band is its own "
+                        "max_span_length: set it with a trailing --components.global_pointer.max_span_length N")
     parser.add_argument("--max-span-cap", type=int, default=DEFAULT_MAX_SPAN_CAP)
     parser.add_argument("--threads", type=int, default=1, help="threads per run (OMP/MKL/OpenBLAS/torch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed inference passes (median)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     parser.add_argument("--reuse", action="store_true",
                         help="take a system's finished OUT/SYSTEM/result.json instead of training it again")
+    parser.add_argument("--join", type=Path, action="append", default=[], metavar="OTHER_OUT",
+                        help="take finished systems from another run's output folder (e.g. a parallel lane "
+                        "with --systems spancat); repeatable; implies --reuse")
     return parser
 
 
@@ -726,7 +873,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.train, args.dev, out, lang=base["nlp"]["lang"], spans_key=args.spans_key,
         limit_train=args.limit_train, limit_dev=args.limit_dev,
     )
-    max_size = resolve_max_span_length(args.max_span_length, data["train"]["longest_span"], args.max_span_cap)
+    max_size = resolve_max_span_length(args.suggester_max_size, data["train"]["longest_span"], args.max_span_cap)
     data["spancat_max_size"] = max_size
     for split in ("train", "dev"):
         data[f"{split}_spans_longer_than_max_size"] = _count_longer(
@@ -750,20 +897,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "overrides": overrides, "systems": systems, "max_steps": args.max_steps,
             "eval_frequency": args.eval_frequency, "seed": seed, "spans_key": args.spans_key,
             "limit_train": args.limit_train, "limit_dev": args.limit_dev,
-            "max_span_length": args.max_span_length, "threads": args.threads, "repeats": args.repeats,
+            "suggester_max_size": args.suggester_max_size, "patience": args.patience,
+            "gold_tokens": args.gold_tokens,
+            "threads": args.threads, "repeats": args.repeats,
             "inference_batch_size": 1000,
         },
         "data": data,
         "systems": {},
     }
     for system in systems:
-        previous = out / system / "result.json"
-        if args.reuse and previous.exists():
-            result = json.loads(previous.read_text(encoding="utf8"))
-            if result.get("status") == "ok":
-                print(f"{system}: reusing {previous}", flush=True)
-                report["systems"][system] = result
-                continue
+        result = _finished(system, out, args.join) if (args.reuse or args.join) else None
+        if result is not None:
+            report["systems"][system] = result
+            continue
         ner = system == "ner"
         config = build_config(
             base, system,
@@ -771,11 +917,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dev=data["paths"]["ner_dev" if ner else "dev"],
             spans_key=args.spans_key, max_span_length=max_size, max_steps=args.max_steps,
             eval_frequency=args.eval_frequency, seed=seed, log_path=str(out / system / "train_log.jsonl"),
+            patience=args.patience, gold_tokens=args.gold_tokens,
         )
-        component = gp_name if system in GP_ARCHITECTURES else system
+        component = gp_name if system in GP_ARCHITECTURES else TASK_COMPONENTS.get(system, system)
         result = run_system(
             system, config, out, python=args.python, threads=args.threads, dev=data["paths"]["dev"],
-            spans_key=args.spans_key, repeats=args.repeats, component=component,
+            spans_key=args.spans_key, repeats=args.repeats, component=component, gold_tokens=args.gold_tokens,
         )
         (out / system / "result.json").write_text(json.dumps(result, indent=2), encoding="utf8")
         report["systems"][system] = result

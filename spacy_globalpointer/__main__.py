@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     column.add_argument("--tag-column", type=int, help="column index of the tag (default: -1, the last)")
     column.add_argument("--docstart", help="first column of document-boundary lines (default: -DOCSTART-)")
 
+    jsonl = conv.add_argument_group("jsonl format")
+    jsonl.add_argument("--ignore-tokens", action="store_true",
+                       help='tokenize "text" with --lang even where a record has its own "tokens"')
+    jsonl.add_argument("--split-at-spans", action="store_true",
+                       help="cut tokens at the gold spans' boundaries (uses the gold boundaries, as nested-NER "
+                       "benchmarks do); for records without their own tokens")
+
     demo = commands.add_parser("demo", help="write the generated nested NER demo data (train/dev jsonl)")
     demo.add_argument("output_dir", help="folder for train.jsonl, dev.jsonl and README.md")
     demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -48,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="a .spacy DocBin with gold spans")
     evaluate.add_argument("--output", help="JSON file to write")
     evaluate.add_argument("--table", help="markdown file to write")
+    evaluate.add_argument("--gold-tokens", action="store_true",
+                          help="predict on the data's own tokens (data converted with its own tokens, e.g. GENIA)")
 
     visualize = commands.add_parser("visualize", help="render predicted spans with displacy to an HTML page")
     visualize.add_argument("model", help="a trained pipeline folder or package name")
@@ -67,6 +76,11 @@ def _column_options(args: argparse.Namespace) -> Dict[str, Any]:
     if options and args.format not in COLUMN_FORMATS:
         flags = ", ".join("--" + name.replace("_", "-") for name in options)
         raise ValueError(f"{flags} only apply to the column formats ({', '.join(COLUMN_FORMATS)})")
+    jsonl = {"use_tokens": not args.ignore_tokens, "split_at_spans": args.split_at_spans}
+    if args.format == "jsonl":
+        options.update(jsonl)
+    elif args.ignore_tokens or args.split_at_spans:
+        raise ValueError("--ignore-tokens and --split-at-spans only apply to the jsonl format")
     return options
 
 
@@ -99,7 +113,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
-    result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table)
+    result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table, gold_tokens=args.gold_tokens)
     print(format_table(result))
     return 0
 

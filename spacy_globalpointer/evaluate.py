@@ -5,8 +5,10 @@ from typing import Any, Dict, List, Optional, Union
 import spacy
 import srsly
 from spacy import displacy
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
+
+from .scoring import KINDS
 
 PathLike = Union[str, Path]
 
@@ -25,18 +27,21 @@ def evaluate(
     output_json: Optional[PathLike] = None,
     output_md: Optional[PathLike] = None,
     batch_size: int = 256,
+    gold_tokens: bool = False,
 ) -> Dict[str, Any]:
     """Score `model` on the gold spans in `data` with spaCy's Scorer.
 
-    Returns the overall and per-type P/R/F for the component's spans key, and
-    writes them as JSON and as a markdown table when paths are given.
+    Returns the overall and per-type P/R/F for the component's spans key and the recall
+    of nested, flat, inner, outer (and long) gold spans, and writes them as JSON and as
+    a markdown table when paths are given. gold_tokens: predict on the data's own tokens
+    (for data converted with its own tokens, such as GENIA) instead of the tokenizer's.
     """
     nlp = spacy.load(model)
     key = _find_spans_key(nlp)
     gold = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     if not gold:
         raise ValueError(f"{data} holds no docs to evaluate on.")
-    examples = [Example(nlp.make_doc(doc.text), doc) for doc in gold]
+    examples = [Example(_unannotated(nlp, doc) if gold_tokens else nlp.make_doc(doc.text), doc) for doc in gold]
     scores = nlp.evaluate(examples, batch_size=batch_size)
     result = {
         "model": str(model),
@@ -48,6 +53,9 @@ def evaluate(
         "r": scores[f"spans_{key}_r"],
         "f": scores[f"spans_{key}_f"],
         "per_type": scores.get(f"spans_{key}_per_type", {}),
+        "recall_by_kind": {
+            kind: scores[f"spans_{key}_{kind}_r"] for kind in KINDS + ("long",) if f"spans_{key}_{kind}_r" in scores
+        },
         "words_per_second": scores.get("speed"),
     }
     if output_json:
@@ -57,6 +65,10 @@ def evaluate(
         Path(output_md).parent.mkdir(parents=True, exist_ok=True)
         Path(output_md).write_text(format_table(result), encoding="utf8")
     return result
+
+
+def _unannotated(nlp, doc: Doc) -> Doc:
+    return Doc(nlp.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -71,6 +83,11 @@ def format_table(result: Dict[str, Any]) -> str:
     rows = [("**all**", result)] + sorted(result["per_type"].items())
     for name, prf in rows:
         lines.append(f"| {name} | {prf['p'] * 100:.2f} | {prf['r'] * 100:.2f} | {prf['f'] * 100:.2f} |")
+    by_kind = {kind: r for kind, r in result.get("recall_by_kind", {}).items() if r is not None}
+    if by_kind:
+        lines += ["", "Recall by kind of gold span (nested: inside or containing another gold span):", "",
+                  "| " + " | ".join(by_kind) + " |", "|" + "---:|" * len(by_kind),
+                  "| " + " | ".join(f"{r * 100:.2f}" for r in by_kind.values()) + " |"]
     return "\n".join(lines) + "\n"
 
 

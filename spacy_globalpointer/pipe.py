@@ -21,6 +21,7 @@ from thinc.util import convert_recursive, is_xp_array
 
 from .loss import multilabel_categorical_crossentropy
 from .model import build_head
+from .scoring import recall_by_kind
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -110,7 +111,10 @@ def make_global_pointer(
 
 def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
     """Span P/R/F (overall and per type) for `doc.spans[spans_key]`, overlaps allowed;
-    plus entity scores when the component writes `doc.ents`."""
+    recall of nested, flat, inner and outer gold spans (and of spans longer than
+    `max_span_length`, when it is set; see `scoring.py`); plus entity scores when the
+    component writes `doc.ents`."""
+    examples = list(examples)
     key = kwargs.get("spans_key", DEFAULT_SPANS_KEY)
     attr = f"spans_{key}"
     scores = Scorer.score_spans(
@@ -121,6 +125,7 @@ def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any
         allow_overlap=True,
         labels=kwargs.get("labels"),
     )
+    scores.update(recall_by_kind(examples, key, max_span_length=kwargs.get("max_span_length")))
     if kwargs.get("write_ents"):
         # Gold entities are the reference's doc.ents where it has them, else its spans
         # under the key: the flat prediction is scored against the (possibly nested)

@@ -104,3 +104,71 @@ def _ngram_features_forward(model: Model, docs: List[Doc], is_train: bool):
         return []
 
     return features, backprop
+
+
+def build_cnn_attention_encoder(
+    width: int,
+    depth: int,
+    window_size: int,
+    maxout_pieces: int,
+    *,
+    attention_depth: int = 1,
+    attention_heads: int = 4,
+    attention_window: int = 64,
+    dropout: float = 0.0,
+) -> Model[List[Floats2d], List[Floats2d]]:
+    """spaCy's MaxoutWindowEncoder.v2, then `attention_depth` self-attention layers (RoPE,
+    each token attending to the tokens within `attention_window`).
+
+    The CNN sees `depth * window_size` tokens to each side; the attention gives every
+    token (and so both ends of every candidate span) the context of its sentence, at a
+    cost linear in doc length. A drop-in `encode` block of `spacy.Tok2Vec.v2`.
+    """
+    from spacy.ml.models.tok2vec import MaxoutWindowEncoder
+    from thinc.api import PyTorchWrapper_v3
+
+    from .model import _load_weights_only
+    from .torch_layers import LocalSelfAttention
+
+    attention = PyTorchWrapper_v3(
+        LocalSelfAttention(width, attention_depth, attention_heads, attention_window, dropout=dropout),
+        convert_inputs=_padded_inputs,
+        convert_outputs=_unpadded_outputs,
+        deserialize_model=_load_weights_only,
+    )
+    cnn = MaxoutWindowEncoder(width=width, window_size=window_size, maxout_pieces=maxout_pieces, depth=depth)
+    return chain(cnn, attention)
+
+
+def _padded_inputs(model: Model, Xs: List[Floats2d], is_train: bool):
+    """A list of (n_i, width) arrays -> one padded torch batch and its lengths."""
+    import torch
+    from thinc.api import ArgsKwargs, torch2xp, xp2torch
+
+    ops = model.ops
+    lengths = [len(x) for x in Xs]
+    padded = ops.pad(Xs) if Xs and max(lengths) else ops.alloc3f(len(Xs), 0, Xs[0].shape[1] if Xs else 0)
+    device = model.shims[0].device
+    X = xp2torch(padded, requires_grad=is_train, device=device)
+    length_tensor = torch.tensor(lengths, dtype=torch.long, device=device)
+
+    def convert_back(d_inputs: ArgsKwargs) -> List[Floats2d]:
+        return ops.unpad(torch2xp(d_inputs.args[0]), lengths)
+
+    return ArgsKwargs(args=(X, length_tensor), kwargs={}), convert_back
+
+
+def _unpadded_outputs(model: Model, inputs_outputs, is_train: bool):
+    """The padded torch output -> a list of (n_i, width) arrays, and the way back."""
+    from thinc.api import ArgsKwargs, torch2xp, xp2torch
+
+    Xs, Y = inputs_outputs
+    ops = model.ops
+    lengths = [len(x) for x in Xs]
+    Ys = ops.unpad(torch2xp(Y), lengths)
+
+    def convert_for_torch_backward(dYs: List[Floats2d]) -> ArgsKwargs:
+        dY = xp2torch(ops.pad(dYs) if dYs and max(lengths) else ops.alloc3f(*Y.shape), device=Y.device)
+        return ArgsKwargs(args=(Y,), kwargs={"grad_tensors": dY})
+
+    return Ys, convert_for_torch_backward

@@ -227,3 +227,72 @@ class EfficientGlobalPointerHead(_SpanScorer):
         return self._finish(scores, lengths)
 
 
+
+
+class LocalSelfAttentionLayer(nn.Module):
+    """A pre-norm transformer encoder layer whose queries see keys within `window` tokens.
+
+    Multi-head self-attention with RoPE on queries and keys (so attention, like the span
+    scores, depends on relative position), then a position-wise feed-forward block; both
+    residual. Queries are processed in blocks of `window` tokens against keys in
+    [block start - window, block end + window), so time and memory grow as
+    O(n * window), never O(n^2); within the window the result equals full attention
+    restricted to |i - j| <= window.
+    """
+
+    def __init__(self, width: int, n_heads: int, window: int, *, ffn_width: Optional[int] = None, dropout: float = 0.0):
+        super().__init__()
+        if width % n_heads or (width // n_heads) % 2:
+            raise ValueError(f"width {width} must split into {n_heads} heads of an even size (RoPE).")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}.")
+        self.n_heads, self.window = n_heads, window
+        self.head_size = width // n_heads
+        self.norm_attn = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm_ffn = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, ffn_width or 2 * width), nn.GELU(), nn.Linear(ffn_width or 2 * width, width)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.rope = RotaryPositionEmbedding(self.head_size)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: (batch, n, width), lengths: (batch,) -> (batch, n, width); padding rows stay finite."""
+        batch, n, width = x.shape
+        q, k, v = self.qkv(self.norm_attn(x)).view(batch, n, 3, self.n_heads, self.head_size).unbind(2)
+        # (batch, heads, n, head_size); RoPE in fp32, then back to the working dtype.
+        q = self.rope(q.transpose(1, 2)).to(v.dtype)
+        k = self.rope(k.transpose(1, 2)).to(v.dtype)
+        v = v.transpose(1, 2)
+        positions = torch.arange(n, device=x.device)
+        valid = positions[None, :] < lengths[:, None]  # (batch, n) keys inside the doc
+        blocks = []
+        for start in range(0, n, self.window):
+            end = min(start + self.window, n)
+            k_start, k_end = max(0, start - self.window), min(n, end + self.window)
+            near = (positions[start:end, None] - positions[None, k_start:k_end]).abs() <= self.window
+            allowed = near[None, None] & valid[:, None, None, k_start:k_end]
+            blocks.append(F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, k_start:k_end], v[:, :, k_start:k_end], attn_mask=allowed
+            ))
+        attended = torch.cat(blocks, dim=2).transpose(1, 2).reshape(batch, n, width)
+        x = x + self.dropout(self.out(attended))
+        return x + self.dropout(self.ffn(self.norm_ffn(x)))
+
+
+class LocalSelfAttention(nn.Module):
+    """`depth` LocalSelfAttentionLayers; padding rows are zeroed on the way out."""
+
+    def __init__(self, width: int, depth: int, n_heads: int, window: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(LocalSelfAttentionLayer(width, n_heads, window, dropout=dropout) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 0:
+            return x
+        for layer in self.layers:
+            x = layer(x, lengths)
+        inside = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        return x * inside[..., None].to(x.dtype)

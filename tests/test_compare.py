@@ -21,7 +21,7 @@ from spacy_globalpointer.convert import read_cluener, read_jsonl, write_docbin
 from .conftest import CONFIGS, REPO, shared_data_dir
 
 SCRIPT = REPO / "benchmarks" / "compare.py"
-SYSTEMS = ["global_pointer", "efficient_global_pointer", "ner", "spancat"]
+SYSTEMS = ["global_pointer", "efficient_global_pointer", "ner", "spancat", "span_finder"]
 NARROW = ["--components.tok2vec.model.encode.width", "32", "--components.tok2vec.model.encode.depth", "1"]
 MAX_STEPS, EVAL_FREQUENCY = 6, 3  # evaluations at steps 0, 3 and 6
 
@@ -52,7 +52,8 @@ def demo_run(tmp_path_factory):
     out = root / "out"
     cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
            "--config", str(CONFIGS / "cpu.cfg"), "--out", str(out), "--systems", ",".join(SYSTEMS),
-           "--max-steps", str(MAX_STEPS), "--eval-frequency", str(EVAL_FREQUENCY), "--repeats", "1"] + NARROW
+           "--max-steps", str(MAX_STEPS), "--eval-frequency", str(EVAL_FREQUENCY), "--repeats", "1",
+           "--patience", "100"] + NARROW
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return out, result
@@ -81,12 +82,20 @@ def test_compare_json(demo_run):
         assert s["inference"]["words_per_second"] > 0 and s["inference"]["n_texts"] == 30
         assert s["model_mb"] > 0
         components = s["inference"]["components"]
-        assert set(components) == {"tokenizer", "tok2vec", s["component"]}
-        assert 0 < components[s["component"]]["share"] < 1
+        task = {"span_finder", "spancat"} if name == "span_finder" else {s["component"]}
+        assert set(components) == {"tokenizer", "tok2vec"} | task
+        assert 0 < components[s["component"]]["share"] <= s["inference"]["task_share"] < 1
+        # The demo data nests entities, so every kind of gold span is there to recall.
+        by_kind = s["inference"]["all_gold"]["recall_by_kind"]
+        assert set(by_kind) == {"nested", "flat", "inner", "outer"}
+        assert all(0.0 <= by_kind[k] <= 1.0 for k in by_kind), (name, by_kind)
+    sweep = report["systems"]["span_finder"]["inference"]["span_finder_threshold_sweep"]
+    assert [row["threshold"] for row in sweep] == list(compare.SPAN_FINDER_SWEEP)
+    assert report["systems"]["global_pointer"]["inference"]["span_finder_threshold_sweep"] is None
     assert report["systems"]["efficient_global_pointer"]["architecture"].endswith("EfficientGlobalPointer.v1")
     assert report["systems"]["ner"]["score_prefix"] == "ents"
     # The span systems train on all gold spans, so model-best rescored on them gives its dev F again.
-    for name in ("global_pointer", "efficient_global_pointer", "spancat"):
+    for name in ("global_pointer", "efficient_global_pointer", "spancat", "span_finder"):
         s = report["systems"][name]
         assert s["inference"]["all_gold"]["f"] == pytest.approx(s["best"]["f"], abs=1e-6), name
 
@@ -98,6 +107,8 @@ def test_compare_markdown_and_png(demo_run):
     for name in SYSTEMS:
         assert f"\n| {name} | " in table
     assert "| type |" in table and "| LOC |" in table
+    assert "| system | flat R | nested R | inner R | outer R | nested / flat |" in table
+    assert "span_finder: span_finder threshold on dev (trained at 0.2): 0.05: F " in table
     assert "| system | best F" in result.stdout  # the table is printed at the end
     width, height = _png_size(out / "compare.png")
     assert width > 100 and height > 100
@@ -107,7 +118,9 @@ def test_configs_share_everything_but_the_task(demo_run):
     out, _ = demo_run
     configs = {name: load_config(out / name / "config.cfg", interpolate=False) for name in SYSTEMS}
     for name, config in configs.items():
-        assert config["nlp"]["pipeline"][0] == "tok2vec" and len(config["nlp"]["pipeline"]) == 2
+        expected = 3 if name == "span_finder" else 2
+        assert config["nlp"]["pipeline"][0] == "tok2vec" and len(config["nlp"]["pipeline"]) == expected
+        assert config["training"]["patience"] == 100
         assert config["components"]["tok2vec"]["model"]["encode"]["width"] == 32
     for a, b in itertools.combinations(SYSTEMS, 2):
         ca, cb = configs[a], configs[b]
@@ -119,8 +132,15 @@ def test_configs_share_everything_but_the_task(demo_run):
     assert configs["spancat"]["training"]["score_weights"]["spans_sc_f"] == 1.0
     suggester = configs["spancat"]["components"]["spancat"]["suggester"]
     assert suggester["@misc"] == "spacy.ngram_range_suggester.v1" and suggester["min_size"] == 1
+    # span_finder proposes, spancat classifies what it proposed, on the same tok2vec.
+    finder = configs["span_finder"]
+    assert finder["nlp"]["pipeline"] == ["tok2vec", "span_finder", "spancat"]
+    assert finder["training"]["annotating_components"] == ["span_finder"]
+    assert finder["components"]["span_finder"]["threshold"] == compare.SPAN_FINDER_THRESHOLD
+    assert finder["components"]["spancat"]["suggester"] == {"@misc": "spacy.preset_spans_suggester.v1", "spans_key": "sc"}
+    assert finder["components"]["span_finder"]["model"]["tok2vec"]["@architectures"] == "spacy.Tok2VecListener.v1"
     for name in SYSTEMS:
-        component = configs[name]["nlp"]["pipeline"][1]
+        component = configs[name]["nlp"]["pipeline"][-1]
         listener = configs[name]["components"][component]["model"]["tok2vec"]
         assert listener["@architectures"] == "spacy.Tok2VecListener.v1"
         lines = (out / name / "train_log.jsonl").read_text(encoding="utf8").splitlines()
@@ -198,7 +218,7 @@ def test_resolve_max_span_length():
     assert compare.resolve_max_span_length("auto", 7, 25) == 7
     assert compare.resolve_max_span_length("12", 44, 25) == 12
     for bad in ("0", "long"):
-        with pytest.raises(ValueError, match="--max-span-length"):
+        with pytest.raises(ValueError, match="--suggester-max-size"):
             compare.resolve_max_span_length(bad, 44, 25)
 
 
@@ -214,6 +234,26 @@ def test_summarize_log_picks_the_best_that_model_best_holds():
     assert summary["last"]["step"] == 30 and len(summary["curve"]) == 4
     assert summary["throughput"]["words_per_second"] == pytest.approx(400 / 40)
     assert summary["throughput"]["words_per_second_excl_eval"] == pytest.approx(400 / 32)
+
+
+def test_join_takes_finished_systems_from_another_lane(tmp_path):
+    lane, out = tmp_path / "lane", tmp_path / "out"
+    (lane / "spancat").mkdir(parents=True)
+    (lane / "spancat" / "result.json").write_text(json.dumps({"status": "ok", "best": {"f": 0.5}}))
+    (lane / "spancat" / "train.log").write_text("log")
+    (lane / "ner").mkdir()
+    (lane / "ner" / "result.json").write_text(json.dumps({"status": "failed"}))
+    out.mkdir()
+    assert compare._finished("spancat", out, [lane]) == {"status": "ok", "best": {"f": 0.5}}
+    assert (out / "spancat" / "train.log").read_text() == "log"  # the lane's folder is copied in
+    assert compare._finished("ner", out, [lane]) is None  # a failed run is trained again
+    assert compare._finished("global_pointer", out, [lane]) is None
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert compare.plot({"systems": {}, "settings": {}}, tmp_path / "c.png") is False
+    assert "matplotlib is not installed" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
 
 
 def test_base_config_without_global_pointer_is_refused():

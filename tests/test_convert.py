@@ -240,6 +240,92 @@ def test_read_jsonl_chinese_nested_spans_align(tmp_path, zh):
     assert spans_of(docs[0]) == [("北京", "LOC"), ("北京大学", "ORG"), ("北京大学医学院", "ORG")]
 
 
+# ------------------------------------------------------------------- jsonl: tokens of the record's own
+
+# GENIA-style: entities inside what spaCy's English tokenizer keeps as one token.
+GENIA_TEXT = "Activation of AIM)/CD69 needs NF-kappa B."
+GENIA_TOKENS = ["Activation", "of", "AIM", ")", "/", "CD69", "needs", "NF-kappa", "B", "."]
+
+
+def genia_record(**extra):
+    record = {
+        "text": GENIA_TEXT,
+        "spans": [{"start": 19, "end": 23, "label": "protein"}, {"start": 30, "end": 40, "label": "protein"}],
+        "tokens": GENIA_TOKENS,
+        "token_spans": [{"start": 5, "end": 6, "label": "protein"}, {"start": 7, "end": 9, "label": "protein"}],
+    }
+    record.update(extra)
+    return record
+
+
+def test_read_jsonl_keeps_entities_inside_tokens_with_the_records_tokens(tmp_path, en):
+    path = write(tmp_path, "g.jsonl", json_lines(genia_record()))
+    docs, report = read_jsonl(path, en)
+    assert report.n_problems == 0 and report.n_docs_from_tokens == 1
+    doc = docs[0]
+    assert [t.text for t in doc] == GENIA_TOKENS and doc.text == GENIA_TEXT
+    assert spans_of(doc) == [("CD69", "protein"), ("NF-kappa B", "protein")]
+    assert "docs built from the records' own tokens: 1" in report.summary()
+    # spaCy's own tokens lose both entities, and say so.
+    docs, report = read_jsonl(path, en, use_tokens=False)
+    assert report.n_misaligned == 2 and spans_of(docs[0]) == []
+
+
+def test_read_jsonl_prodigy_tokens_and_inclusive_token_ends(tmp_path, en):
+    text = "IL-2  gene in  T cells"
+    tokens = [{"text": w, "id": i} for i, w in enumerate(["IL-2", "gene", "in", "T", "cells"])]
+    spans = [{"start": 0, "end": 9, "token_start": 0, "token_end": 1, "label": "DNA"},
+             {"start": 0, "end": 4, "token_start": 0, "token_end": 0, "label": "protein"},
+             {"start": 15, "end": 22, "token_start": 3, "token_end": 4, "label": "cell_type"}]
+    docs, report = read_jsonl(write(tmp_path, "p.jsonl", json_lines({"text": text, "tokens": tokens, "spans": spans})), en)
+    assert report.n_problems == 0
+    doc = docs[0]
+    assert doc.text == text  # the double spaces survive as whitespace tokens
+    assert [t.text for t in doc if not t.is_space] == ["IL-2", "gene", "in", "T", "cells"]
+    assert spans_of(doc) == [("IL-2", "protein"), ("IL-2  gene", "DNA"), ("T cells", "cell_type")]
+
+
+def test_read_jsonl_token_problems_are_reported_with_line_and_index(tmp_path, en):
+    lines = json_lines(
+        genia_record(tokens=["Activation", "of", "AIM)", "CD69"]),  # does not spell out the text
+        genia_record(token_spans=[{"start": 5, "end": 12, "label": "protein"}, {"start": 7, "end": 9, "label": "protein"}]),
+        genia_record(token_spans=[{"start": 5, "end": 6, "label": "DNA"}, {"start": 7, "end": 9, "label": "protein"}]),
+        genia_record(tokens=["Activation", 3]),
+        genia_record(),
+    )
+    path = write(tmp_path, "bad.jsonl", lines)
+    docs, report = read_jsonl(path, en)
+    joined = "\n".join(report.problems)
+    assert f"{path}: line 1: tokens[3] 'CD69' is not the next text at character 18" in joined
+    assert f"{path}: line 2: token_spans[0] {{'start': 5, 'end': 12, 'label': 'protein'}} is outside the 10 tokens" in joined
+    assert f"{path}: line 3: [19, 23) 'DNA' 'CD69' is in token_spans but not spans" in joined
+    assert f"{path}: line 3: [19, 23) 'protein' 'CD69' is in spans but not token_spans" in joined
+    assert f"{path}: line 4: tokens[1] must be a non-blank string" in joined
+    assert (report.n_malformed, report.n_mismatched, len(docs)) == (3, 2, 3)
+    assert spans_of(docs[0]) == [("NF-kappa B", "protein")]  # the bad entry is skipped, the rest kept
+
+
+def test_read_jsonl_split_at_spans_cuts_tokens_at_gold_boundaries(tmp_path, en):
+    record = {"text": GENIA_TEXT, "spans": genia_record()["spans"]}
+    path = write(tmp_path, "s.jsonl", json_lines(record, {"text": "No entity here."}))
+    docs, report = read_jsonl(path, en, split_at_spans=True)
+    assert report.n_problems == 0
+    assert spans_of(docs[0]) == [("CD69", "protein"), ("NF-kappa B", "protein")]
+    assert docs[0].text == GENIA_TEXT and [t.text for t in docs[1]] == ["No", "entity", "here", "."]
+    assert (report.n_tokens_split, report.n_spans_aligned_by_split) == (2, 2)
+    assert "split at gold span boundaries: 2 tokens, which aligned 2 spans" in report.summary()
+
+
+def test_cli_jsonl_token_options(tmp_path, capsys):
+    path = write(tmp_path, "g.jsonl", json_lines(genia_record()))
+    code, err = run_cli(capsys, "convert", "jsonl", path, tmp_path / "a.spacy", "--lang", "en", "--ignore-tokens")
+    assert code == 0 and "2 misaligned" in err
+    code, err = run_cli(capsys, "convert", "jsonl", path, tmp_path / "b.spacy", "--lang", "en")
+    assert code == 0 and "0 misaligned" in err and "own tokens: 1" in err
+    code, err = run_cli(capsys, "convert", "cluener", path, tmp_path / "c.spacy", "--split-at-spans")
+    assert code == 2 and "only apply to the jsonl format" in err
+
+
 def test_read_jsonl_points_cluener_data_to_its_format(tmp_path, zh):
     with pytest.raises(FormatError, match=r'not a jsonl file: .*line 1: it has "label" but no "spans".*cluener'):
         read_jsonl(write(tmp_path, "c.json", CLUENER_LINES.splitlines()[0] + "\n"), zh)
