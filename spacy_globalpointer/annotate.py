@@ -701,7 +701,10 @@ def _die_with_parent() -> None:
         import signal
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        try:
+            ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (AttributeError, OSError):  # no prctl: an orphan lingers (harmless: shard writes are atomic)
+            pass
 
 
 def _worker_shard(job: Job, shard: Shard, batch_size: int, on_error: str) -> Tuple[ShardResult, WorkerStats]:
@@ -730,7 +733,7 @@ def run_in_processes(
     progress_queue = context.Queue()
     run = RunStats()
     pool = ProcessPoolExecutor(
-        n_process, mp_context=context, initializer=_init_worker,
+        min(n_process, len(pending)), mp_context=context, initializer=_init_worker,
         initargs=(job.settings["model"], gpu_id, progress_queue),
     )
     try:
@@ -792,7 +795,10 @@ def annotate(
     if n_process < 1 or batch_size < 1 or workers < 1:
         raise ValueError("n_process, batch_size and workers must be at least 1")
     if engine == "local" and (workers != 1 or num_gpus_per_worker or ray_address):
-        raise ValueError("workers, num_gpus_per_worker and ray_address need engine='ray'")
+        raise ValueError("workers, num_gpus_per_worker and ray_address are settings of the ray engine")
+    if engine == "ray" and (n_process != 1 or gpu_id >= 0):
+        raise ValueError("n_process and gpu_id are settings of the local engine; Ray takes workers and "
+                         "num_gpus_per_worker")
     if output_format == "parquet":
         _require_pyarrow()
     if engine == "ray":

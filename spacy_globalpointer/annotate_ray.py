@@ -119,7 +119,9 @@ def build_dataset(
     return dataset.flat_map(read_shard_rows).map_batches(
         actor_class,
         batch_size=None,  # whole blocks, i.e. whole shards
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        # One shard at a time per actor: a shard queued behind a busy actor would leave another idle
+        # at the end of the job, and the read (fused into the actor) leaves nothing to prefetch.
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items)), max_tasks_in_flight_per_actor=1),
         num_gpus=num_gpus_per_worker or None,
         fn_constructor_kwargs={
             "model": job.settings["model"], "spans_key": job.settings["spans_key"],

@@ -273,3 +273,11 @@ def test_parquet_output_holds_the_same_records(annotate_model, annotate_corpus, 
         ]
         scores = [s["score"] for s in record["spans"]]
         assert [s["score"] for s in row["spans"]] == pytest.approx(scores, abs=1e-6)
+
+
+def test_settings_of_the_other_engine_are_refused(annotate_model, annotate_corpus, tmp_path):
+    with pytest.raises(ValueError, match="settings of the ray engine"):
+        annotate(str(annotate_model), annotate_corpus[0], tmp_path / "a", workers=2, progress=False)
+    with pytest.raises(ValueError, match="settings of the local engine"):
+        annotate(str(annotate_model), annotate_corpus[0], tmp_path / "b", engine="ray", n_process=2, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
