@@ -1,7 +1,7 @@
-"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize ...`.
+"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize|annotate ...`.
 
-Exit codes: 0 done; 1 `--strict` found problems (nothing written); 2 the input is not the format,
-is missing, or an argument is wrong.
+Exit codes: 0 done; 1 `--strict` found problems (nothing written), or `annotate --on-error fail` met
+a bad record; 2 the input is not the format, is missing, or an argument is wrong.
 """
 import argparse
 import sys
@@ -63,7 +63,42 @@ def _parser() -> argparse.ArgumentParser:
     visualize.add_argument("data", help="a .spacy DocBin whose texts are rendered")
     visualize.add_argument("output", help="the HTML file to write")
     visualize.add_argument("--limit", type=int, default=50, help="render the first N docs (default: 50)")
+    _add_annotate_parser(commands)
     return parser
+
+
+def _add_annotate_parser(commands) -> None:
+    from .annotate import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, INPUT_FORMATS, ON_ERROR, OUTPUT_FORMATS
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="annotate JSONL or text files with a trained pipeline into resumable JSONL/Parquet shards",
+        description="Annotate JSONL (a 'text' field, other fields kept) or plain text (one doc per line) "
+        "into OUTPUT_DIR/shards. Killed part-way, the same command resumes where it stopped.",
+    )
+    annotate.add_argument("model", help="a trained pipeline folder or package name")
+    annotate.add_argument("input", help="a file, a folder (its .jsonl/.ndjson/.json/.txt files) or a quoted glob")
+    annotate.add_argument("output_dir", help="folder for shards/, errors.jsonl, summary.json and job.json")
+    annotate.add_argument("--n-process", type=int, default=1, help="worker processes, local engine (default: 1)")
+    annotate.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                          help=f"docs per nlp.pipe batch (default: {DEFAULT_BATCH_SIZE})")
+    annotate.add_argument("--gpu-id", type=int, default=-1, help="GPU for the local engine (default: -1, CPU)")
+    annotate.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                          help=f"input lines per output shard, the unit of resumption (default: {DEFAULT_SHARD_SIZE})")
+    annotate.add_argument("--input-format", choices=INPUT_FORMATS, default="auto",
+                          help="auto (default: .jsonl/.ndjson/.json are JSONL, other files text), jsonl or text")
+    annotate.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
+                          help="jsonl (default) or parquet (needs pyarrow)")
+    annotate.add_argument("--spans-key", help="doc.spans key to write out (default: the global_pointer's)")
+    annotate.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                          help="skip (default: list bad records in errors.jsonl and go on) or fail (stop, exit code 1)")
+    annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = annotate.add_argument_group("Ray engine (needs spacy-globalpointer[ray])")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
+    ray.add_argument("--workers", type=int, default=1, help="actors, each with the pipeline loaded (default: 1)")
+    ray.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
+    ray.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://host:10001); "
+                     "without it Ray starts locally")
 
 
 def _column_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -126,7 +161,31 @@ def _run_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _run_convert, "demo": _run_demo, "evaluate": _run_evaluate, "visualize": _run_visualize}
+def _run_annotate(args: argparse.Namespace) -> int:
+    from .annotate import BadInputError, annotate, format_summary
+
+    try:
+        summary = annotate(
+            args.model, args.input, args.output_dir, engine=args.engine, n_process=args.n_process,
+            batch_size=args.batch_size, gpu_id=args.gpu_id, shard_size=args.shard_size,
+            input_format=args.input_format, output_format=args.output_format, spans_key=args.spans_key,
+            on_error=args.on_error, progress=not args.no_progress, workers=args.workers,
+            num_gpus_per_worker=args.num_gpus_per_worker, ray_address=args.ray_address,
+        )
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except (ValueError, OSError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(format_summary(summary), file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "convert": _run_convert, "demo": _run_demo, "evaluate": _run_evaluate, "visualize": _run_visualize,
+    "annotate": _run_annotate,
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -53,6 +53,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session")
+def annotate_model(tmp_path_factory):
+    """A tiny trained English pipeline on disk, for the annotate tests."""
+    from .tiny_pipeline import build_tiny
+
+    nlp, _, _ = build_tiny("en", steps=30)
+    path = tmp_path_factory.mktemp("annotate") / "model"
+    nlp.to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def annotate_corpus(tmp_path_factory):
+    """(path, texts) of a generated JSONL corpus of annotate_helpers.N_DOCS records."""
+    from .annotate_helpers import N_DOCS, write_corpus
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    return path, write_corpus(path, N_DOCS)
+
+
+@pytest.fixture(scope="session")
+def annotate_single_run(annotate_model, annotate_corpus, tmp_path_factory):
+    """(output folder, summary) of the reference annotate run: one process, in this interpreter."""
+    from spacy_globalpointer.annotate import annotate
+
+    from .annotate_helpers import BATCH_SIZE, SHARD_SIZE
+
+    output = tmp_path_factory.mktemp("single") / "out"
+    summary = annotate(
+        str(annotate_model), annotate_corpus[0], output, shard_size=SHARD_SIZE, batch_size=BATCH_SIZE,
+        progress=False,
+    )
+    return output, summary
+
+
 @pytest.fixture
 def blank_zh():
     return spacy.blank("zh")
