@@ -11,6 +11,10 @@ one), it measures:
   (predict + set_annotations, of the tokenizer and all components, one profiled pass),
   peak RSS and peak RSS above the loaded pipeline (RSS after loading and a warm-up on
   short texts), and the spans predicted per doc;
+- memory by stage: one pass over the corpus batch by batch (tokenizer, then each
+  component's predict + set_annotations), in a fresh process, recording how much each
+  stage raised the process's peak RSS: the rises add up to the peak above the loaded
+  pipeline and say which stage set it, with the token count of the largest batch;
 - training: words/s of one epoch of `nlp.update` (batches of `--train-batch-words` words,
   the config's dropout), from a fresh pipeline initialized on the corpus.
 
@@ -48,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 CORPORA = ("uniform", "mixed")
+KINDS = ("infer", "stages", "train")
 KEY = "sc"
 # A short doc used for warming up must be shorter than this (characters).
 WARMUP_MAX_CHARS = 200
@@ -209,6 +214,37 @@ def child_infer(spec: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+def child_stages(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """How much each stage of inference raises the peak RSS, batch by batch."""
+    import spacy
+    from spacy.util import minibatch
+
+    nlp = spacy.load(spec["model"])
+    texts = [doc.text for doc in _read_docs(spec["corpus"], nlp.vocab)]
+    warmup = [t for t in texts if len(t) < WARMUP_MAX_CHARS][:WARMUP_TEXTS]
+    for _ in nlp.pipe(warmup, batch_size=spec["batch_size"]):
+        pass
+    baseline = _rss_mb()
+    # The high-water mark may already sit above the current RSS (the warm-up's transients).
+    rises = {"warm-up": _peak_mb() - baseline, **{name: 0.0 for name in ["tokenizer"] + nlp.pipe_names}}
+    batch_tokens = []
+    for batch in minibatch(texts, spec["batch_size"]):
+        before = _peak_mb()
+        docs = [nlp.make_doc(text) for text in batch]
+        rises["tokenizer"] += _peak_mb() - before
+        batch_tokens.append(sum(len(doc) for doc in docs))
+        for name, proc in nlp.pipeline:
+            before = _peak_mb()
+            proc.set_annotations(docs, proc.predict(docs))
+            rises[name] += _peak_mb() - before
+        del docs
+    return {
+        "words": sum(batch_tokens), "largest_batch_tokens": max(batch_tokens),
+        "baseline_mb": baseline, "peak_mb": _peak_mb(), "above_baseline_mb": _peak_mb() - baseline,
+        "rises_mb": rises, **_package_info(),
+    }
+
+
 def child_train(spec: Dict[str, Any]) -> Dict[str, Any]:
     """One epoch of nlp.update over the corpus from a fresh pipeline of the config."""
     import spacy
@@ -248,7 +284,7 @@ def child_main(spec_json: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    result = (child_infer if spec["kind"] == "infer" else child_train)(spec)
+    result = {"infer": child_infer, "stages": child_stages, "train": child_train}[spec["kind"]](spec)
     print(json.dumps(result))
 
 
@@ -320,13 +356,18 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     for run in runs:
         cells.setdefault((run["kind"], run["code"], run["corpus"]), []).append(run["result"])
     fields = ("words_per_s", "words_per_cpu_s", "peak_mb", "above_baseline_mb", "baseline_mb",
-              "share", "set_annotations_share", "spans", "words")
+              "share", "set_annotations_share", "spans", "words", "largest_batch_tokens")
     out: Dict[str, Any] = {}
     for (kind, code, corpus), results in sorted(cells.items()):
-        out.setdefault(kind, {}).setdefault(code, {})[corpus] = {
+        cell = {
             field: statistics.median(r[field] for r in results)
             for field in fields if all(r.get(field) is not None for r in results)
         }
+        if "rises_mb" in results[0]:
+            cell["rises_mb"] = {
+                stage: statistics.median(r["rises_mb"][stage] for r in results) for stage in results[0]["rises_mb"]
+            }
+        out.setdefault(kind, {}).setdefault(code, {})[corpus] = cell
     return out
 
 
@@ -404,6 +445,26 @@ def write_markdown(path: Path, report: Dict[str, Any]) -> None:
                 f"| {'yes' if check['above_baseline_within_limit'] else 'no'} "
                 f"(limit {check['above_baseline_limit_mb']:.0f} MB) |"
             )
+    stages = summary.get("stages", {})
+    if stages:
+        lines += [
+            "", "Peak RSS above the loaded pipeline by the stage that raised it (one pass batch by batch, "
+            "fresh process); the rises add up to the total.", "",
+            "| code | corpus | tokens in the largest batch | total MB | MB per 1,000 tokens of the largest batch "
+            "| MB raised by each stage |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for code in report["codes"]:
+            for corpus in CORPORA:
+                cell = stages.get(code, {}).get(corpus)
+                if not cell:
+                    continue
+                rises = ", ".join(f"{stage} {value:.0f}" for stage, value in cell["rises_mb"].items())
+                per_k = 1000 * cell["above_baseline_mb"] / cell["largest_batch_tokens"]
+                lines.append(
+                    f"| {code} | {corpus} | {cell['largest_batch_tokens']:.0f} | {cell['above_baseline_mb']:.0f} "
+                    f"| {per_k:.1f} | {rises} |"
+                )
     for corpus, ratio in checks.get("new_over_old", {}).items():
         lines.append(f"\nnew / old inference words/s on {corpus}: {ratio['words_per_s']:.3f} "
                      f"(per CPU-s {ratio['words_per_cpu_s']:.3f})")
@@ -438,7 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for round_ in range(args.rounds):
         # Alternate which checkout goes first, so that neither always runs on a warmer machine.
         order = list(codes) if round_ % 2 == 0 else list(codes)[::-1]
-        for kind in ("infer", "train"):
+        for kind in KINDS:
             for corpus in CORPORA:
                 for code in order:
                     spec = {
@@ -449,7 +510,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     log = args.work / f"{kind}_{corpus}_{code}_{round_}.log"
                     result = run_child(spec, codes[code], log)
                     runs.append({"round": round_, "kind": kind, "corpus": corpus, "code": code, "result": result})
-                    print(f"round {round_} {kind:5} {corpus:7} {code}: {result['words_per_s']:.0f} words/s, "
+                    speed = f"{result['words_per_s']:.0f} words/s, " if "words_per_s" in result else ""
+                    print(f"round {round_} {kind:6} {corpus:7} {code}: {speed}"
                           f"peak {result['peak_mb']:.0f} MB ({result['above_baseline_mb']:.0f} above loaded), "
                           f"load {result['load_average']}", flush=True)
     summary = summarize(runs)

@@ -335,6 +335,7 @@ class GlobalPointer(TrainablePipe):
         numpy arrays, one entry per span, gathered group by group."""
         ops = self.model.ops
         found: List[List[numpy.ndarray]] = [[numpy.zeros((0,), "i")] * 4 + [numpy.zeros((0,), "f")]]
+        lengths = numpy.asarray(scores.lengths)
         for group, ids in zip(scores.groups, scores.doc_ids):
             if not group.size:
                 continue
@@ -344,7 +345,7 @@ class GlobalPointer(TrainablePipe):
             # Only spans inside their doc are candidates. Checked on what passed the
             # threshold rather than masking the whole (mostly empty) score array.
             doc_ids = numpy.asarray(ids)[rows]
-            inside = starts + offsets < numpy.asarray(scores.lengths)[doc_ids]
+            inside = starts + offsets < lengths[doc_ids]
             where = [x[inside] for x in (rows, label_ids, starts, offsets)]
             values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
             found.append([doc_ids[inside]] + where[1:] + [values])
