@@ -335,11 +335,7 @@ def train_model(args, labels: List[str]) -> Dict[str, Any]:
     with open(args.work / "train_model.log", "w", encoding="utf8") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(REPO), check=True)
     (output / "model-last").rename(args.model)
-    meta = json.loads((args.model / "meta.json").read_text(encoding="utf8"))
-    return {
-        "steps": args.train_steps, "seconds": time.perf_counter() - start,
-        "dev_f": meta.get("performance", {}).get(f"spans_{KEY}_f"), "trained_here": True,
-    }
+    return {"steps": args.train_steps, "seconds": time.perf_counter() - start, "trained_here": True}
 
 
 def corpus_stats(records, long_chars: int) -> Dict[str, Any]:
@@ -489,6 +485,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             parser_error = f"--model {args.model} does not exist; give --train and --train-steps to train it"
             raise SystemExit(parser_error)
         model_info = train_model(args, labels)
+    performance = json.loads((args.model / "meta.json").read_text(encoding="utf8")).get("performance", {})
+    model_info.update({f"dev_{k}": performance.get(f"spans_{KEY}_{k}") for k in ("p", "r", "f")})
     corpora = build_corpora(keep_labels(records, labels), args.n_docs, args.long_share, args.long_chars, args.seed)
     for name, corpus in corpora.items():
         write_corpus(corpus, args.work / f"{name}.spacy")
