@@ -7,8 +7,12 @@ For one (doc, type) row with positive candidates P and negative candidates Q:
 The "1" is a threshold class fixed at score 0, so the decision rule is s > 0 and
 the number of negatives (almost all of the O(n^2) candidates) costs nothing in
 balance. Works on numpy and cupy arrays alike.
+
+Rows are independent, so a batch can be scored in pieces (the pipe passes one
+group of docs of similar length at a time) with `n_rows` set to the batch's row
+count: the pieces' losses then add up to the batch's mean.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 from thinc.types import ArrayXd, Floats2d, Floats4d
 from thinc.api import get_array_module
@@ -22,16 +26,18 @@ def _logsumexp_with_zero(x, xp) -> Floats2d:
 
 
 def multilabel_categorical_crossentropy(
-    scores: Floats4d, targets: ArrayXd, mask: ArrayXd
+    scores: Floats4d, targets: ArrayXd, mask: ArrayXd, *, n_rows: Optional[int] = None
 ) -> Tuple[float, Floats4d]:
-    """Mean loss over (doc, type) rows and its gradient with respect to `scores`.
+    """Loss summed over (doc, type) rows and divided by `n_rows`, and its gradient
+    with respect to `scores`.
 
     scores, targets, mask: (batch, types, n, band). Only candidates where `mask`
-    is True count; every other position gets a zero gradient.
+    is True count; every other position gets a zero gradient. `n_rows` defaults to
+    batch * types (the mean over these rows).
     """
     xp = get_array_module(scores)
     batch, types = scores.shape[:2]
-    rows = max(batch * types, 1)
+    rows = max(batch * types if n_rows is None else n_rows, 1)
     flat = scores.reshape(batch, types, -1).astype("float32")
     if flat.shape[-1] == 0:  # no candidates at all (every doc empty): nothing to learn
         return 0.0, xp.zeros(scores.shape, dtype=scores.dtype)

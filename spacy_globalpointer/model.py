@@ -1,10 +1,15 @@
-"""Thinc architectures: tok2vec -> padding -> PyTorch GlobalPointer head -> span scores."""
+"""Thinc architectures: tok2vec -> padding -> PyTorch GlobalPointer head -> span scores.
+
+The model maps a batch of docs to `SpanScores`: the docs are scored in groups of
+similar length and the scores stay in those groups (ragged), so that decoding and
+the loss, like the head, cost what the docs' own lengths cost.
+"""
 import os
 import warnings
+from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -55,11 +60,12 @@ def build_global_pointer(
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
     nO: Optional[int] = None,
-) -> Model[List[Doc], Floats4d]:
+) -> Model[List[Doc], "SpanScores"]:
     """GlobalPointer: per-type q/k projections of `head_size`, RoPE, scaled dot products.
 
-    Returns a model that maps a batch of docs to scores of shape
-    (batch, n_labels, n_max, band); see `torch_layers` for the band layout.
+    Returns a model that maps a batch of docs to `SpanScores` (one (docs, n_labels,
+    n, band) array per group of docs of similar length); see `torch_layers` for the
+    band layout.
     """
     return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO)
 
@@ -72,7 +78,7 @@ def build_efficient_global_pointer(
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
     nO: Optional[int] = None,
-) -> Model[List[Doc], Floats4d]:
+) -> Model[List[Doc], "SpanScores"]:
     """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases."""
     return _build(
         tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO
@@ -182,7 +188,57 @@ def _register_after_fork() -> None:
         _after_fork_registered = True
 
 
-def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Callable]:
+@dataclass
+class SpanScores:
+    """The span scores of a batch of docs, ragged: one array per group of docs of similar length.
+
+    `groups[g]` has shape (len(doc_ids[g]), labels, n_g, band_g) in band layout
+    (`groups[g][r, a, i, d]` scores label a for the span (i, i + d) of doc
+    `doc_ids[g][r]`), with n_g the longest doc of the group and band_g =
+    min(max_span_length, n_g), or n_g without a band. Positions that are not
+    candidates (padding, spans past the end of their doc) hold the most negative
+    finite float32. `lengths[b]` is the token count of the batch's doc b. Every doc is
+    in exactly one group; a group of empty docs has n_g = band_g = 0.
+
+    Nothing is padded to the batch's longest doc, so a batch costs the sum over its
+    docs of n_i * band * labels (within the 25% padding of a group), not
+    batch * n_max * band * labels. The pipe's `predict` returns this and
+    `set_annotations` reads it; `get_loss` returns the gradient in the same form.
+    """
+
+    groups: List[Floats4d]
+    doc_ids: List[List[int]]
+    lengths: List[int]
+    # Doc index -> (group, row), built on first use by `doc`.
+    _where: Optional[Dict[int, Tuple[int, int]]] = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        """The number of docs."""
+        return len(self.lengths)
+
+    def doc(self, index: int) -> Floats3d:
+        """Doc `index`'s scores, (labels, n, band): what a batch of that doc alone would give."""
+        if self._where is None:
+            self._where = {
+                doc: (g, row) for g, ids in enumerate(self.doc_ids) for row, doc in enumerate(ids)
+            }
+        if index not in self._where:
+            raise IndexError(f"SpanScores: no doc {index} in a batch of {len(self)} docs.")
+        g, row = self._where[index]
+        n = self.lengths[index]
+        return self.groups[g][row, :, :n, : min(self.groups[g].shape[3], n)]
+
+    def with_groups(self, groups: List[Floats4d]) -> "SpanScores":
+        """The same docs and grouping with other arrays, e.g. the gradient of the scores."""
+        if [g.shape for g in groups] != [g.shape for g in self.groups]:
+            raise ValueError(
+                "SpanScores: the new arrays have shapes "
+                f"{[tuple(g.shape) for g in groups]}, expected {[tuple(g.shape) for g in self.groups]}."
+            )
+        return SpanScores(groups, self.doc_ids, self.lengths)
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[SpanScores, Callable]:
     tok2vec = model.get_ref("tok2vec")
     head = model.get_ref("head")
     ops = model.ops
@@ -198,48 +254,37 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats4d, Ca
             "`max_span_length` on the global_pointer component (e.g. 32) so that cost grows "
             "linearly with doc length, or split the doc."
         )
-    width = n_max if band is None else min(band, n_max)
     groups = _length_groups(lengths)
-    # One group holding the batch in its own order (always so for a single doc): its
-    # scores are the output, with no second array of the same size to fill.
-    whole_batch = len(groups) == 1 and n_max > 0 and groups[0] == list(range(len(docs)))
-    scores = None
-    if not whole_batch:
-        scores = ops.xp.full((len(docs), n_labels, n_max, width), _NOT_A_CANDIDATE, dtype="float32")
-    callbacks = []
+    arrays, callbacks = [], []
     # Docs of similar length are scored together, each group padded to its own longest
-    # doc: one long doc no longer makes every doc of the batch pay for its length.
+    # doc, and the scores stay in their groups: one long doc no longer makes every doc
+    # of the batch pay for its length, here or in decoding and the loss.
     for group in groups:
         group_n = lengths[group[-1]]
         if group_n == 0:
+            arrays.append(ops.alloc4f(len(group), n_labels, 0, 0))
+            callbacks.append(None)
             continue
         group_lengths = ops.asarray1i([lengths[i] for i in group])
         padded = ops.pad([Xs[i] for i in group])  # (group, group_n, width)
         group_scores, backprop_head = head((padded, group_lengths, band), is_train)
-        # Where the group's scores sit in the batch's: docs, (all types,) tokens, band.
-        where = (ops.asarray1i(group), slice(None), slice(0, group_n), slice(0, group_scores.shape[3]))
-        if whole_batch:
-            scores = group_scores
-        else:
-            scores[where] = group_scores
-        callbacks.append((group, where, backprop_head))
+        arrays.append(group_scores)
+        callbacks.append(backprop_head)
 
-    def backprop(d_scores: Floats4d) -> List[Doc]:
+    def backprop(d_scores: SpanScores) -> List[Doc]:
         n_in = model.get_dim("nI")
-        d_Xs = [ops.alloc2f(n, n_in) for n in lengths]
-        for group, where, backprop_head in callbacks:
-            d_group = d_scores if whole_batch else ops.xp.ascontiguousarray(d_scores[where])
+        d_Xs = [ops.alloc2f(0, n_in) if n == 0 else None for n in lengths]
+        for group, d_group, backprop_head in zip(groups, d_scores.groups, callbacks):
+            if backprop_head is None:
+                continue
             d_padded = backprop_head(d_group)
             for i, d_X in zip(group, ops.unpad(d_padded, [lengths[i] for i in group])):
                 d_Xs[i] = d_X
         return backprop_tok2vec(d_Xs)
 
-    return scores, backprop
+    return SpanScores(arrays, groups, lengths), backprop
 
 
-# What a span that is not a candidate scores: the most negative finite float32, as in
-# the head. No threshold is below it, and exp() of it is exactly 0 in the loss.
-_NOT_A_CANDIDATE = numpy.finfo("float32").min
 # A group of docs is closed when padding would waste more than this share of its tokens.
 _MAX_PADDING = 0.25
 

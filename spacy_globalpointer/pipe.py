@@ -15,12 +15,12 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer
-from thinc.types import Floats4d
+from thinc.api import Config, Model, Optimizer, get_array_module
+from thinc.types import ArrayXd
 from thinc.util import convert_recursive, is_xp_array
 
 from .loss import multilabel_categorical_crossentropy
-from .model import build_head
+from .model import SpanScores, build_head
 from .scoring import recall_by_kind
 
 DEFAULT_MODEL_CONFIG = """
@@ -75,7 +75,7 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
 def make_global_pointer(
     nlp: Language,
     name: str,
-    model: Model[List[Doc], Floats4d],
+    model: Model[List[Doc], SpanScores],
     spans_key: str,
     threshold: float,
     max_span_length: Optional[int],
@@ -85,7 +85,8 @@ def make_global_pointer(
 ) -> "GlobalPointer":
     """Create a GlobalPointer span recognizer.
 
-    model: maps docs to span scores (batch, labels, n_tokens, band).
+    model: maps docs to span scores (`SpanScores`: one (docs, labels, n, band)
+        array per group of docs of similar length).
     spans_key: `doc.spans` key to read gold spans from and write predictions to.
     threshold: a span is predicted when its logit s(i, j) > threshold. 0.0 is the
         paper's rule (the loss puts the decision boundary at 0); raise it for
@@ -169,7 +170,7 @@ class GlobalPointer(TrainablePipe):
     def __init__(
         self,
         vocab: Vocab,
-        model: Model[List[Doc], Floats4d],
+        model: Model[List[Doc], SpanScores],
         name: str = "global_pointer",
         *,
         spans_key: str = DEFAULT_SPANS_KEY,
@@ -309,26 +310,18 @@ class GlobalPointer(TrainablePipe):
             for key, value in wanted.items():
                 weights.setdefault(key, value)
 
-    def predict(self, docs: Iterable[Doc]) -> Floats4d:
-        """Span scores (batch, labels, n_max, band) for a batch of docs."""
+    def predict(self, docs: Iterable[Doc]) -> SpanScores:
+        """Span scores for a batch of docs, one array per group of docs of similar length.
+
+        `scores.doc(i)` is doc i's (labels, n, band) array; see `SpanScores`.
+        """
         return self.model.predict(list(docs))
 
-    def set_annotations(self, docs: Iterable[Doc], scores: Floats4d) -> None:
+    def set_annotations(self, docs: Iterable[Doc], scores: SpanScores) -> None:
         """Write every candidate with score > threshold to doc.spans[spans_key]."""
         docs = list(docs)
-        ops = self.model.ops
-        if scores.size:
-            found = [ops.to_numpy(x) for x in ops.xp.nonzero(scores > self.threshold)]
-            # Only spans inside their doc are candidates. Checked on what passed the
-            # threshold rather than masking the whole (mostly empty) score array.
-            lengths = numpy.asarray([len(doc) for doc in docs])
-            inside = found[2] + found[3] < lengths[found[0]]
-            found = [x[inside] for x in found]
-            found_scores = ops.to_numpy(scores[tuple(ops.asarray(x) for x in found)])
-        else:
-            found = [numpy.zeros((0,), "i")] * 4
-            found_scores = numpy.zeros((0,), "f")
-        doc_ids, label_ids, starts, offsets = found
+        _check_batch(docs, scores, "set_annotations")
+        doc_ids, label_ids, starts, offsets, found_scores = self._found_spans(scores)
         # One sort for the whole batch: by doc, then start, end and label.
         order = numpy.lexsort((label_ids, starts + offsets, starts, doc_ids))
         bounds = numpy.searchsorted(doc_ids[order], numpy.arange(len(docs) + 1))
@@ -350,36 +343,81 @@ class GlobalPointer(TrainablePipe):
             if self.cfg["write_ents"]:
                 doc.set_ents(select_non_overlapping(group, found_scores[rows]), default="outside")
 
+    def _found_spans(self, scores: SpanScores) -> Tuple[numpy.ndarray, ...]:
+        """(doc, label, start, offset, score) of every candidate above the threshold, as
+        numpy arrays, one entry per span, gathered group by group."""
+        ops = self.model.ops
+        found: List[List[numpy.ndarray]] = [[numpy.zeros((0,), "i")] * 4 + [numpy.zeros((0,), "f")]]
+        lengths = numpy.asarray(scores.lengths)
+        for group, ids in zip(scores.groups, scores.doc_ids):
+            if not group.size:
+                continue
+            rows, label_ids, starts, offsets = (
+                ops.to_numpy(x) for x in ops.xp.nonzero(above_threshold(group, self.threshold))
+            )
+            # Only spans inside their doc are candidates. Checked on what passed the
+            # threshold rather than masking the whole (mostly empty) score array.
+            doc_ids = numpy.asarray(ids)[rows]
+            inside = starts + offsets < lengths[doc_ids]
+            where = [x[inside] for x in (rows, label_ids, starts, offsets)]
+            values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
+            found.append([doc_ids[inside]] + where[1:] + [values])
+        return tuple(numpy.concatenate(column) for column in zip(*found))
+
     def _candidate_mask(self, lengths, shape) -> Any:
-        """(batch, 1, n_max, band) bool: True where span (i, i + d) lies inside its doc."""
+        """(docs, 1, n, band) bool: True where span (i, i + d) lies inside its doc."""
         xp = self.model.ops.xp
         n_max, band = shape[2], shape[3]
         ends = xp.arange(n_max)[:, None] + xp.arange(band)[None, :]
         return (ends[None, :, :] < lengths[:, None, None])[:, None]
 
-    def get_loss(self, examples: Iterable[Example], scores: Floats4d) -> Tuple[float, Floats4d]:
-        """Multi-label categorical cross-entropy over the valid candidates."""
+    def get_loss(self, examples: Iterable[Example], scores: SpanScores) -> Tuple[float, SpanScores]:
+        """Multi-label categorical cross-entropy over the valid candidates, and its
+        gradient in the scores' own (ragged) form. The loss is the mean over the
+        batch's (doc, label) rows, computed one group of docs at a time."""
         examples = list(examples)
         validate_examples(examples, "GlobalPointer.get_loss")
-        ops = self.model.ops
-        lengths = ops.asarray1i([len(eg.predicted) for eg in examples])
-        targets = numpy.zeros(scores.shape, dtype="bool")
+        _check_batch([eg.predicted for eg in examples], scores, "get_loss")
+        gold = [self._gold_candidates(eg, i) for i, eg in enumerate(examples)]
+        n_rows = len(examples) * len(self.labels)
+        loss, d_groups = 0.0, []
+        for group, ids in zip(scores.groups, scores.doc_ids):
+            targets = self._targets(group.shape, [gold[i] for i in ids])
+            lengths = self.model.ops.asarray1i([scores.lengths[i] for i in ids])
+            mask = self.model.ops.xp.broadcast_to(self._candidate_mask(lengths, group.shape), group.shape)
+            group_loss, d_group = multilabel_categorical_crossentropy(group, targets, mask, n_rows=n_rows)
+            loss += group_loss
+            d_groups.append(d_group)
+        return loss, scores.with_groups(d_groups)
+
+    def _gold_candidates(self, eg: Example, index: int) -> List[Tuple[int, int, int]]:
+        """(label, start, offset) of each gold span of doc `index`, aligned to its tokens."""
         label_ids = {label: i for i, label in enumerate(self.labels)}
-        n_max, band = scores.shape[2], scores.shape[3]
-        for i, eg in enumerate(examples):
-            for span in self._aligned_gold(eg, i):
-                if span.label_ not in label_ids:
-                    raise ValueError(
-                        f"global_pointer: span {span.text!r} ({span.start}, {span.end}) in doc {i} "
-                        f"of the batch has label {span.label_!r}, which is not among the "
-                        f"component's labels {list(self.labels)}."
-                    )
-                width = len(span) - 1
-                if width < band and span.end <= n_max:
-                    targets[i, label_ids[span.label_], span.start, width] = True
-        mask = self._candidate_mask(lengths, scores.shape)
-        mask = ops.xp.broadcast_to(mask, scores.shape)
-        return multilabel_categorical_crossentropy(scores, ops.asarray(targets), mask)
+        candidates = []
+        for span in self._aligned_gold(eg, index):
+            if span.label_ not in label_ids:
+                raise ValueError(
+                    f"global_pointer: span {span.text!r} ({span.start}, {span.end}) in doc {index} "
+                    f"of the batch has label {span.label_!r}, which is not among the "
+                    f"component's labels {list(self.labels)}."
+                )
+            candidates.append((label_ids[span.label_], span.start, len(span) - 1))
+        return candidates
+
+    def _targets(self, shape, gold: List[List[Tuple[int, int, int]]]) -> Any:
+        """Bool array of `shape` (docs, labels, n, band): True at each gold span inside the band."""
+        ops = self.model.ops
+        n, band = shape[2], shape[3]
+        where = [
+            (row, label, start, offset)
+            for row, spans in enumerate(gold)
+            for label, start, offset in spans
+            if offset < band and start + offset < n
+        ]
+        targets = ops.xp.zeros(shape, dtype="bool")
+        if where:
+            targets[tuple(ops.asarray1i(list(column)) for column in zip(*where))] = True
+        return targets
 
     def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
         if self.key not in eg.reference.spans:
@@ -528,6 +566,38 @@ def _saved_width(saved_nodes: List[Dict[str, Any]]) -> int:
             "tok2vec layer does not know it either; the model data is incomplete."
         )
     return int(width)
+
+
+def above_threshold(scores: ArrayXd, threshold: Any) -> ArrayXd:
+    """Bool mask, True where a span's score passes `threshold`: the one place decisions
+    are made. scores: any array with the labels on axis 1 (a `SpanScores` group is
+    (docs, labels, n, band)); threshold: a logit, or one logit per label."""
+    if numpy.ndim(threshold) == 1:
+        xp = get_array_module(scores)
+        threshold = xp.asarray(threshold, dtype=scores.dtype).reshape((1, -1) + (1,) * (scores.ndim - 2))
+    return scores > threshold
+
+
+def _check_batch(docs: List[Doc], scores: SpanScores, method: str) -> None:
+    """Refuse scores that were not computed for these docs (a mismatch would misplace spans)."""
+    if not isinstance(scores, SpanScores):
+        raise TypeError(
+            f"global_pointer.{method}: expected the SpanScores that predict() returns, got "
+            f"{type(scores).__name__}. A padded (docs, labels, n, band) array is one group: "
+            "SpanScores([array], [list(range(len(docs)))], [len(doc) for doc in docs])."
+        )
+    lengths = [len(doc) for doc in docs]
+    if lengths != list(scores.lengths):
+        raise ValueError(
+            f"global_pointer.{method}: the scores are for {len(scores)} docs of lengths "
+            f"{_preview(scores.lengths)}, but the batch has {len(docs)} docs of lengths "
+            f"{_preview(lengths)}. Pass the docs the scores were predicted for, in the same order."
+        )
+
+
+def _preview(values: List[int], limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
 def _check_gold_spans(doc: Doc, key: str, where: str) -> None:

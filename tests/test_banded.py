@@ -204,19 +204,20 @@ def test_scores_of_a_doc_do_not_depend_on_the_rest_of_its_batch(max_span_length)
     texts = ["a", "New York", "", WIDE_TEXT * 5, "Alice lives in New York City", "Bob"]
     docs = [nlp.make_doc(text) for text in texts]
     batch = model.predict(docs)
-    n_max = max(len(doc) for doc in docs)
-    assert batch.shape[2] == n_max
+    assert len(batch) == len(docs)
     for i, doc in enumerate(docs):
         n = len(doc)
-        if n == 0:
-            assert (batch[i] == numpy.finfo("float32").min).all()
-            continue
         alone = model.predict([doc])
-        width = alone.shape[3]
-        numpy.testing.assert_allclose(batch[i, :, :n, :width], alone[0], rtol=1e-5, atol=1e-5)
-        # Beyond the doc's own width and length nothing is a candidate.
-        assert (batch[i, :, n:] == numpy.finfo("float32").min).all()
-        assert (batch[i, :, :, width:] == numpy.finfo("float32").min).all()
+        assert len(alone.groups) == 1 and alone.groups[0].shape[2] == n
+        width = alone.groups[0].shape[3]
+        assert batch.doc(i).shape == alone.doc(0).shape == (3, n, width)  # PER, LOC, ORG
+        numpy.testing.assert_allclose(batch.doc(i), alone.doc(0), rtol=1e-5, atol=1e-5)
+        # In its group, beyond the doc's own width and length nothing is a candidate.
+        for group, ids in zip(batch.groups, batch.doc_ids):
+            if i in ids:
+                row = group[ids.index(i)]
+                assert (row[:, n:] == numpy.finfo("float32").min).all()
+                assert (row[:, :, width:] == numpy.finfo("float32").min).all()
 
 
 @pytest.mark.parametrize("n,w", [(1, 1), (7, 3), (16, 4), (33, 8), (5, 40)])

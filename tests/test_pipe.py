@@ -9,6 +9,7 @@ from spacy.training import Example
 from thinc.api import fix_random_seed
 
 from spacy_globalpointer import model as gp_model
+from spacy_globalpointer import SpanScores
 from spacy_globalpointer.pipe import GlobalPointer
 
 from .conftest import CONFIGS, NESTED_ZH, make_examples
@@ -176,7 +177,8 @@ def test_decoding_returns_exactly_candidates_above_threshold():
     docs = [nlp.make_doc("一二三四五"), nlp.make_doc("六七")]
     rng = numpy.random.default_rng(0)
     scores = rng.normal(size=(2, 2, 5, 3)).astype("float32")
-    gp.set_annotations(docs, scores)
+    # One group holding both docs, padded to the longer one.
+    gp.set_annotations(docs, SpanScores([scores], [[0, 1]], [5, 2]))
     for b, doc in enumerate(docs):
         expected = {
             (i, i + d + 1, gp.labels[a]): scores[b, a, i, d]

@@ -175,22 +175,23 @@ def test_random_gold_spans_give_finite_loss_and_gradients(loss_pipelines, which,
     scores, backprop = pipe.model.begin_update(docs)
     loss, d_scores = pipe.get_loss(examples, scores)
     assert numpy.isfinite(loss) and loss >= 0
-    d_scores = numpy.asarray(d_scores)
-    assert d_scores.shape == scores.shape
-    assert numpy.isfinite(d_scores).all()
-    mask = candidate_mask([len(doc) for doc in docs], scores.shape)
-    assert (d_scores[~mask] == 0).all()
+    assert [d.shape for d in d_scores.groups] == [s.shape for s in scores.groups]
+    for d_group, ids in zip(d_scores.groups, d_scores.doc_ids):
+        assert numpy.isfinite(d_group).all()
+        mask = candidate_mask([len(docs[i]) for i in ids], d_group.shape)
+        assert (d_group[~mask] == 0).all()
     # Gold spans inside the band get a negative gradient (their score should rise).
     label_ids = {label: i for i, label in enumerate(pipe.labels)}
     for i, eg in enumerate(examples):
+        d_doc = d_scores.doc(i)
         for span in eg.reference.spans["sc"]:
-            if len(span) <= scores.shape[3]:
-                assert d_scores[i, label_ids[span.label_], span.start, len(span) - 1] < 0
+            if len(span) <= d_doc.shape[2]:
+                assert d_doc[label_ids[span.label_], span.start, len(span) - 1] < 0
     if not any(len(doc) for doc in docs):
         # update() skips such batches: Thinc's tok2vec cannot backprop zero tokens.
         assert loss == 0.0
         return
-    backprop(pipe.model.ops.asarray(d_scores))  # through the head and the tok2vec
+    backprop(d_scores)  # through the head and the tok2vec
     head = pipe.model.get_ref("head").shims[0]._model
     for name, param in head.named_parameters():
         if param.grad is not None:

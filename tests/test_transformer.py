@@ -334,9 +334,9 @@ def test_trained_pipeline_reloads_with_identical_predictions(trained_dir, which)
     docs3 = [third(text) for text in texts[:3]]
     expected = first.get_pipe("global_pointer").predict(docs1[:3])
     for docs, nlp in ((docs2, second), (docs3, third)):
-        numpy.testing.assert_allclose(
-            nlp.get_pipe("global_pointer").predict(docs[:3]), expected, rtol=1e-5, atol=1e-5
-        )
+        scores = nlp.get_pipe("global_pointer").predict(docs[:3])
+        for i in range(3):
+            numpy.testing.assert_allclose(scores.doc(i), expected.doc(i), rtol=1e-5, atol=1e-5)
 
 
 # -- wordpiece alignment and long docs -------------------------------------------
@@ -389,14 +389,14 @@ def test_long_doc_is_covered_by_strided_windows(tiny_bert):
     assert hidden.shape[0] >= 4  # several windows
     lengths = _assert_tokens_get_mean_of_wordpieces(nlp, doc)
     assert lengths.max() == 2  # tokens in the overlaps get a wordpiece from each window
-    scores = nlp.get_pipe("global_pointer").predict([doc])
+    scores = nlp.get_pipe("global_pointer").predict([doc]).doc(0)
     n = len(doc)
-    assert scores.shape[2] == n and scores.shape[3] == n
+    assert scores.shape[1] == n and scores.shape[2] == n
     # Band layout (start, width): every span (i, i + d) inside the doc is a candidate
     # with a finite score, including those that start or end in the last window.
     candidates = numpy.arange(n)[:, None] + numpy.arange(n)[None, :] < n
-    assert numpy.isfinite(scores[0][:, candidates]).all()
-    assert (scores[0][:, ~candidates] == FP32_MIN).all()
+    assert numpy.isfinite(scores[:, candidates]).all()
+    assert (scores[:, ~candidates] == FP32_MIN).all()
     assert isinstance(doc.spans[KEY].attrs["scores"], numpy.ndarray)
 
 
@@ -462,8 +462,9 @@ def test_pipeline_trains_under_cpu_bf16_autocast():
             history.append(losses["global_pointer"])
         scores = nlp.get_pipe("global_pointer").predict([eg.predicted for eg in examples])
     assert numpy.isfinite(history).all() and history[-1] < history[0]
-    assert scores.dtype == numpy.float32
-    assert numpy.isfinite(scores[scores > FP32_MIN]).all()
+    for group in scores.groups:
+        assert group.dtype == numpy.float32
+        assert numpy.isfinite(group[group > FP32_MIN]).all()
 
 
 # -- GPU ------------------------------------------------------------------------------
@@ -487,16 +488,17 @@ def test_trained_pipeline_scores_match_on_cpu_and_gpu(trained_dir):
     texts = [text for text, _ in data]
     nlp_cpu = spacy.load(output / "model-last")
     docs_cpu = list(nlp_cpu.pipe(texts))
-    scores_cpu = nlp_cpu.get_pipe("global_pointer").predict(docs_cpu)
+    ragged_cpu = nlp_cpu.get_pipe("global_pointer").predict(docs_cpu)
+    scores_cpu = numpy.concatenate([ragged_cpu.doc(i).ravel() for i in range(len(docs_cpu))])
     try:
         spacy.require_gpu(0)
         nlp_gpu = spacy.load(output / "model-last")
         head = nlp_gpu.get_pipe("global_pointer").model.get_ref("head")
         assert head.shims[0].device.type == "cuda"
         docs_gpu = list(nlp_gpu.pipe(texts))
-        scores_gpu = nlp_gpu.get_pipe("global_pointer").model.ops.to_numpy(
-            nlp_gpu.get_pipe("global_pointer").predict(docs_gpu)
-        )
+        ragged_gpu = nlp_gpu.get_pipe("global_pointer").predict(docs_gpu)
+        ops = nlp_gpu.get_pipe("global_pointer").model.ops
+        scores_gpu = numpy.concatenate([ops.to_numpy(ragged_gpu.doc(i)).ravel() for i in range(len(docs_gpu))])
     finally:
         spacy.require_cpu()
     valid = scores_cpu > FP32_MIN
