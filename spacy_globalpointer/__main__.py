@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     _model_data_output(tune)
     tune.add_argument("--heldout", help="a .spacy DocBin to report F1 on before and after (not used for tuning)")
     tune.add_argument("--grid-step", type=float, default=0.05, help="thresholds tried: step, 2*step, ... (default: 0.05)")
+    tune.add_argument(
+        "--folds", type=int, default=5,
+        help="cross-validation folds that choose how far per-label thresholds may move from the "
+        "best shared one (default: 5; 1 keeps them as tuned)",
+    )
 
     calibrate = commands.add_parser(
         "calibrate",
@@ -168,15 +173,19 @@ def _run_tune_thresholds(args: argparse.Namespace) -> int:
             sets["heldout"] = read_docs(nlp, args.heldout)
         key = f"spans_{pipe.key}_f"
         before = {part: score(nlp, docs)[key] for part, docs in sets.items()}
-        result = tune_pipeline(nlp, sets["dev"], name=name, grid_step=args.grid_step)
+        result = tune_pipeline(nlp, sets["dev"], name=name, grid_step=args.grid_step, folds=args.folds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     after = {part: score(nlp, docs)[key] for part, docs in sets.items()}
     nlp.to_disk(args.output)
-    print("| label | threshold |\n|---|---:|")
+    print("| label | threshold | tuned alone |\n|---|---:|---:|")
     for label, value in result["thresholds"].items():
-        print(f"| {label} | {value:.2f} |")
+        print(f"| {label} | {value:.3f} | {result['unshrunk'][label]:.2f} |")
+    print(
+        f"best shared threshold {result['shared_threshold']:.2f}; per-label weight {result['weight']} "
+        f"(cross-validated micro F1 by weight: {result['cv_f'] or 'not run'})"
+    )
     for part in sets:
         print(f"{part} {key}: {before[part] * 100:.2f} at the saved thresholds -> {after[part] * 100:.2f} tuned")
     print(f"wrote {args.output}", file=sys.stderr)

@@ -354,32 +354,60 @@ def test_tune_thresholds_command_writes_a_pipeline_that_uses_them(saved, tmp_pat
     assert tuned.config["components"]["global_pointer"]["thresholds"] == report["thresholds"]
     dev = list(DocBin().from_disk(saved / "dev.spacy").get_docs(tuned.vocab))
     # The tuning's own F1 is what spaCy's Scorer gives, and no worse than before.
-    assert score(tuned, dev)["spans_sc_f"] == pytest.approx(report["dev_f"]) == pytest.approx(report["after"]["dev"])
+    assert score(tuned, dev)["spans_sc_f"] == pytest.approx(report["f"]) == pytest.approx(report["after"]["dev"])
     assert report["after"]["dev"] >= report["before"]["dev"]
     assert "dev spans_sc_f" in capsys.readouterr().out
 
 
-def test_tune_thresholds_maximises_micro_f1_per_label():
-    # Label 0's gold spans score above 1, label 1's above -2: each needs its own threshold.
-    rng = numpy.random.default_rng(0)
+def _separable_candidates(seed=0):
+    """Label X's gold spans score above 1, label Y's above -2: each needs its own threshold."""
+    rng = numpy.random.default_rng(seed)
     logits, label_ids, is_gold = [], [], []
     for label, (gold_low, other_high) in enumerate([(1.0, 0.5), (-2.0, -2.5)]):
         logits += list(rng.uniform(gold_low, 6, 40)) + list(rng.uniform(-6, other_high, 200))
         label_ids += [label] * 240
         is_gold += [True] * 40 + [False] * 200
-    candidates = Candidates(
-        labels=("X", "Y"), label_ids=numpy.asarray(label_ids), logits=numpy.asarray(logits, dtype="float32"),
-        is_gold=numpy.asarray(is_gold), n_gold=80, n_gold_per_label=numpy.asarray([40, 40]), n_docs=10,
+    doc_ids = rng.integers(0, 40, len(logits))
+    is_gold = numpy.asarray(is_gold)
+    return Candidates(
+        labels=("X", "Y"), doc_ids=doc_ids, label_ids=numpy.asarray(label_ids),
+        logits=numpy.asarray(logits, dtype="float32"), is_gold=is_gold,
+        n_gold_per_doc=numpy.bincount(doc_ids[is_gold], minlength=40),
     )
+
+
+def test_tune_thresholds_maximises_micro_f1_per_label():
+    candidates = _separable_candidates()
     grid = numpy.round(numpy.arange(0.01, 1.0, 0.01), 2)
-    thresholds, f1 = tune_thresholds(candidates, numpy.ones(2), numpy.zeros(2), grid)
-    assert f1 == 1.0
+    result = tune_thresholds(candidates, numpy.ones(2), numpy.zeros(2), grid, folds=1)
+    thresholds = result["thresholds"]
+    assert result["f"] == 1.0 and result["weight"] == 1.0
     for label, name in enumerate(candidates.labels):
         mine = candidates.label_ids == label
         highest_other = candidates.logits[mine & ~candidates.is_gold].max()
         lowest_gold = candidates.logits[mine & candidates.is_gold].min()
         assert sigmoid(highest_other) <= thresholds[name] < sigmoid(lowest_gold)
     assert thresholds["X"] > 0.5 > thresholds["Y"]
+
+
+def test_cross_validation_keeps_per_label_thresholds_that_generalise():
+    candidates = _separable_candidates()
+    grid = numpy.round(numpy.arange(0.05, 1.0, 0.05), 2)
+    result = tune_thresholds(candidates, numpy.ones(2), numpy.zeros(2), grid, folds=5)
+    assert set(result["cv_f"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert result["weight"] > 0.0
+    assert result["cv_f"][str(result["weight"])] > result["cv_f"]["0.0"]  # better than one shared threshold
+    fresh = _separable_candidates(seed=1)
+    shared = [result["shared_threshold"]] * 2
+    thresholds = [result["thresholds"][label] for label in fresh.labels]
+    assert _f1(fresh, thresholds) > _f1(fresh, shared)
+
+
+def _f1(candidates, thresholds):
+    from spacy_globalpointer.calibration import _tp_fp, micro_f1
+
+    tp, fp = _tp_fp(candidates, thresholds, numpy.ones(2), numpy.zeros(2))
+    return micro_f1(tp, fp, candidates.n_gold)
 
 
 def _synthetic_candidates(n, seed):
@@ -393,8 +421,8 @@ def _synthetic_candidates(n, seed):
     p_true = 1.0 / (1.0 + numpy.exp(-(a * logits + b)))
     is_gold = rng.random(n) < p_true
     candidates = Candidates(
-        labels=("X", "Y"), label_ids=label_ids, logits=logits, is_gold=is_gold,
-        n_gold=int(is_gold.sum()), n_gold_per_label=numpy.bincount(label_ids[is_gold], minlength=2), n_docs=n,
+        labels=("X", "Y"), doc_ids=numpy.arange(n), label_ids=label_ids, logits=logits, is_gold=is_gold,
+        n_gold_per_doc=is_gold.astype("int64"),
     )
     return candidates, truth
 
