@@ -1,4 +1,4 @@
-"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize|annotate ...`.
+"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize|tune-thresholds|calibrate|annotate ...`.
 
 Exit codes: 0 done; 1 `--strict` found problems (nothing written), or `annotate --on-error fail` met
 a bad record; 2 the input is not the format, is missing, or an argument is wrong.
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     visualize.add_argument("data", help="a .spacy DocBin whose texts are rendered")
     visualize.add_argument("output", help="the HTML file to write")
     visualize.add_argument("--limit", type=int, default=50, help="render the first N docs (default: 50)")
+    _add_threshold_parsers(commands)
     _add_annotate_parser(commands)
     return parser
 
@@ -99,6 +100,45 @@ def _add_annotate_parser(commands) -> None:
     ray.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
     ray.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://host:10001); "
                      "without it Ray starts locally")
+
+
+def _add_threshold_parsers(commands) -> None:
+    tune = commands.add_parser(
+        "tune-thresholds",
+        help="pick each label's threshold on dev data (micro F1) and write a pipeline that uses them",
+    )
+    _model_data_output(tune)
+    tune.add_argument("--heldout", help="a .spacy DocBin to report F1 on before and after (not used for tuning)")
+    tune.add_argument("--grid-step", type=float, default=0.05, help="thresholds tried: step, 2*step, ... (default: 0.05)")
+    tune.add_argument(
+        "--folds", type=int, default=5,
+        help="cross-validation folds that choose how far per-label thresholds may move from the "
+        "best shared one (default: 5; 1 keeps them as tuned)",
+    )
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit per-label Platt scaling of the probabilities on dev data and write the calibrated pipeline",
+    )
+    _model_data_output(calibrate)
+    calibrate.add_argument(
+        "--heldout",
+        help="a .spacy DocBin to report ECE and Brier score on; without it, DATA is split in "
+        "halves (seeded shuffle): calibration is fitted on one and reported on the other",
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="the seed of that split (default: 0)")
+    calibrate.add_argument(
+        "--min-probability", type=float, default=0.01,
+        help="fit and report on candidate spans scored at least this probable (default: 0.01)",
+    )
+
+
+def _model_data_output(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", help="a trained pipeline folder or package name")
+    command.add_argument("data", help="a .spacy DocBin with gold spans (dev data)")
+    command.add_argument("--output", required=True, help="folder to write the pipeline to")
+    command.add_argument("--component", help="the global_pointer component's name (default: the only one)")
+    command.add_argument("--report", help="JSON file for the figures")
 
 
 def _column_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -179,11 +219,90 @@ def _run_annotate(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_summary(summary), file=sys.stderr)
+def _write_report(path: Optional[str], report: Dict[str, Any]) -> None:
+    if path:
+        import json
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Python's json: srsly's keeps only 10 significant digits of a float.
+        Path(path).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf8")
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def _run_tune_thresholds(args: argparse.Namespace) -> int:
+    import spacy
+
+    from .calibration import find_global_pointer, read_docs, score, tune_pipeline
+
+    try:
+        nlp = spacy.load(args.model)
+        name, pipe = find_global_pointer(nlp, args.component)
+        sets = {"dev": read_docs(nlp, args.data)}
+        if args.heldout:
+            sets["heldout"] = read_docs(nlp, args.heldout)
+        key = f"spans_{pipe.key}_f"
+        before = {part: score(nlp, docs)[key] for part, docs in sets.items()}
+        result = tune_pipeline(nlp, sets["dev"], name=name, grid_step=args.grid_step, folds=args.folds)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    after = {part: score(nlp, docs)[key] for part, docs in sets.items()}
+    nlp.to_disk(args.output)
+    print("| label | threshold | tuned alone |\n|---|---:|---:|")
+    for label, value in result["thresholds"].items():
+        print(f"| {label} | {value:.3f} | {result['unshrunk'][label]:.2f} |")
+    print(
+        f"best shared threshold {result['shared_threshold']:.2f}; per-label weight {result['weight']} "
+        f"(cross-validated micro F1 by weight: {result['cv_f'] or 'not run'})"
+    )
+    for part in sets:
+        print(f"{part} {key}: {before[part] * 100:.2f} at the saved thresholds -> {after[part] * 100:.2f} tuned")
+    print(f"wrote {args.output}", file=sys.stderr)
+    _write_report(args.report, {**result, "score": key, "before": before, "after": after, "output": args.output})
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    import spacy
+
+    from .calibration import calibrate_pipeline, find_global_pointer, read_docs, split_in_halves
+
+    try:
+        nlp = spacy.load(args.model)
+        name, _ = find_global_pointer(nlp, args.component)
+        docs = read_docs(nlp, args.data)
+        if args.heldout:
+            fit, heldout, where = docs, read_docs(nlp, args.heldout), args.heldout
+        else:
+            fit, heldout = split_in_halves(docs, args.seed)
+            where = f"the other half of {args.data} ({len(heldout)} docs, seed {args.seed})"
+        params, report = calibrate_pipeline(nlp, fit, heldout, name=name, min_probability=args.min_probability)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    nlp.to_disk(args.output)
+    print("| label | scale a | bias b |\n|---|---:|---:|")
+    for label, value in params.items():
+        print(f"| {label} | {value['scale']:.3f} | {value['bias']:.3f} |")
+    print(
+        f"on {where}: {report['n_spans']} candidate spans scored >= {args.min_probability} "
+        f"({report['n_gold_spans']} gold)"
+    )
+    for part in ("before", "after"):
+        print(f"{part:>6}: ECE ({report['n_bins']} bins) {report[part]['ece']:.4f}, Brier {report[part]['brier']:.4f}")
+    print(f"wrote {args.output}", file=sys.stderr)
+    _write_report(args.report, {**report, "heldout": where, "output": args.output})
     return 0
 
 
 COMMANDS = {
-    "convert": _run_convert, "demo": _run_demo, "evaluate": _run_evaluate, "visualize": _run_visualize,
+    "convert": _run_convert,
+    "demo": _run_demo,
+    "evaluate": _run_evaluate,
+    "visualize": _run_visualize,
+    "tune-thresholds": _run_tune_thresholds,
+    "calibrate": _run_calibrate,
     "annotate": _run_annotate,
 }
 

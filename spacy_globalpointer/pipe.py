@@ -1,10 +1,14 @@
 """The `global_pointer` pipeline component: nested and flat entities in `doc.spans`."""
 import contextlib
+import json
 import math
+import numbers
 import warnings
 from dataclasses import replace
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy
 import srsly
@@ -48,6 +52,10 @@ maxout_pieces = 3
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
 DEFAULT_SPANS_KEY = "sc"
+DEFAULT_THRESHOLD = 0.5
+# Written to cfg since thresholds and scores are probabilities. A saved cfg without it is
+# from before, when `threshold` was a logit: loading converts it (see upgrade_saved_cfg).
+SCORE_SCALE = "probability"
 
 
 def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, float]:
@@ -63,7 +71,8 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
     assigns=["doc.spans"],
     default_config={
         "spans_key": DEFAULT_SPANS_KEY,
-        "threshold": 0.0,
+        "threshold": DEFAULT_THRESHOLD,
+        "thresholds": {},
         "max_span_length": None,
         "write_ents": False,
         "head_optimizer": None,
@@ -78,6 +87,7 @@ def make_global_pointer(
     model: Model[List[Doc], SpanScores],
     spans_key: str,
     threshold: float,
+    thresholds: Dict[str, float],
     max_span_length: Optional[int],
     write_ents: bool,
     scorer: Optional[Callable],
@@ -88,9 +98,10 @@ def make_global_pointer(
     model: maps docs to span scores (`SpanScores`: one (docs, labels, n, band)
         array per group of docs of similar length).
     spans_key: `doc.spans` key to read gold spans from and write predictions to.
-    threshold: a span is predicted when its logit s(i, j) > threshold. 0.0 is the
-        paper's rule (the loss puts the decision boundary at 0); raise it for
-        precision, lower it for recall.
+    threshold: a span is predicted when its probability p = sigmoid(s) (calibrated:
+        sigmoid(a * s + b)) is above it. 0.5 is the paper's rule s > 0 (the loss puts
+        the decision boundary at 0); raise it for precision, lower it for recall.
+    thresholds: per-label thresholds, e.g. {"address": 0.3}; `threshold` for the rest.
     max_span_length: spans of more tokens are not candidates. Set it to make time
         and memory grow linearly with doc length; None scores every span.
     write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
@@ -103,6 +114,7 @@ def make_global_pointer(
         name,
         spans_key=spans_key,
         threshold=threshold,
+        thresholds=thresholds,
         max_span_length=max_span_length,
         write_ents=write_ents,
         scorer=scorer,
@@ -150,10 +162,176 @@ def make_global_pointer_scorer() -> Callable:
     return global_pointer_score
 
 
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ValueError(f"global_pointer: threshold must be a finite number (a logit), got {threshold!r}.")
-    return float(threshold)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_probability(value: Any, what: str, where: str = "") -> float:
+    """`value` as a float in [0, 1]; ValueError naming `what` (and `where`) otherwise."""
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"global_pointer: {what} must be a probability in [0, 1], got {value!r}{where}.")
+    return float(value)
+
+
+def _check_threshold(threshold: Any, name: str = "global_pointer") -> float:
+    if _is_number(threshold) and math.isfinite(threshold) and not 0.0 <= threshold <= 1.0:
+        # Most likely a logit from a config or pipeline written before thresholds were
+        # probabilities: say what the old value means now and how to load such a pipeline.
+        raise ValueError(
+            f"global_pointer: threshold must be a probability in [0, 1], got {threshold!r} "
+            f"(component {name!r}). Thresholds used to be logits: "
+            f"a logit threshold s is the probability 1 / (1 + exp(-s)) now, and the old default "
+            f"0.0 is 0.5. To load a pipeline saved with a logit threshold, override it when "
+            f"loading, e.g. spacy.load(path, config={{'components': {{{name!r}: {{'threshold': "
+            f"0.5}}}}}}): the logit saved in its cfg is then converted, keeping its decisions."
+        )
+    return _check_probability(threshold, "threshold", f" (component {name!r})")
+
+
+def _check_thresholds(thresholds: Any, labels: Sequence[str]) -> Dict[str, float]:
+    """Per-label thresholds as a plain dict; ValueError naming the label and value at fault.
+
+    Labels are only checked once the component has them (after initialize or loading).
+    """
+    if not isinstance(thresholds, Mapping):
+        raise ValueError(
+            f"global_pointer: thresholds must be a dict of label -> probability, got {thresholds!r}."
+        )
+    checked = {}
+    for label, value in thresholds.items():
+        if not isinstance(label, str):
+            raise ValueError(f"global_pointer: thresholds keys must be labels (strings), got {label!r}.")
+        checked[label] = _check_probability(value, f"thresholds[{label!r}]")
+        if labels and label not in labels:
+            raise ValueError(
+                f"global_pointer: thresholds[{label!r}] = {value!r} names a label the component "
+                f"does not have; its labels are {list(labels)}."
+            )
+    return checked
+
+
+def _check_calibration(calibration: Any, labels: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per-label Platt parameters {label: {"scale": a > 0, "bias": b}} as a plain dict."""
+    if not isinstance(calibration, Mapping):
+        raise ValueError(
+            f"global_pointer: calibration must be a dict of label -> {{'scale', 'bias'}}, got {calibration!r}."
+        )
+    checked = {}
+    for label, params in calibration.items():
+        if labels and label not in labels:
+            raise ValueError(
+                f"global_pointer: calibration names label {label!r}, which the component does not "
+                f"have; its labels are {list(labels)}."
+            )
+        scale = params.get("scale") if isinstance(params, Mapping) else None
+        bias = params.get("bias") if isinstance(params, Mapping) else None
+        if not (_is_number(scale) and math.isfinite(scale) and scale > 0 and _is_number(bias) and math.isfinite(bias)):
+            raise ValueError(
+                f"global_pointer: calibration[{label!r}] must be {{'scale': a, 'bias': b}} with a "
+                f"finite a > 0 and a finite b, got {params!r}."
+            )
+        checked[label] = {"scale": float(scale), "bias": float(bias)}
+    return checked
+
+
+def logit_cuts(thresholds: Sequence[float], scales: Sequence[float], biases: Sequence[float]) -> numpy.ndarray:
+    """Per-label cuts on the head's logits, float64.
+
+    p = sigmoid(a * s + b) > t  <=>  s > (logit(t) - b) / a  (a > 0), so decoding compares
+    the logits with one cut per label and never takes a sigmoid of the whole score array.
+    t = 0 gives -inf (every candidate), t = 1 gives +inf (none), t = 0.5 with a = 1, b = 0
+    gives exactly 0.
+    """
+    t = numpy.asarray(thresholds, dtype="float64")
+    with numpy.errstate(divide="ignore"):
+        logit_t = numpy.log(t / (1.0 - t))
+    return (logit_t - numpy.asarray(biases, dtype="float64")) / numpy.asarray(scales, dtype="float64")
+
+
+def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple[numpy.ndarray, ...]:
+    """Every candidate span whose logit is above its label's cut, as numpy arrays
+    (doc index, label index, start, width - 1, logit), gathered group by group.
+
+    One comparison per length group (`above_threshold`, the cuts broadcast on the label
+    axis). Only spans inside their doc count: checked on what passed rather than by
+    masking the whole (mostly empty) score array.
+    """
+    found: List[List[numpy.ndarray]] = [[numpy.zeros((0,), "i")] * 4 + [numpy.zeros((0,), "f")]]
+    lengths = numpy.asarray(scores.lengths)
+    for group, ids in zip(scores.groups, scores.doc_ids):
+        if not group.size:
+            continue
+        # Within the dtype's finite range: what is not a candidate holds the dtype's
+        # minimum and never passes, even at threshold 0 (cut -inf).
+        limits = numpy.finfo(group.dtype)
+        bar = numpy.clip(cuts, limits.min, limits.max).astype(group.dtype)
+        rows, label_ids, starts, offsets = (ops.to_numpy(x) for x in ops.xp.nonzero(above_threshold(group, bar)))
+        doc_ids = numpy.asarray(ids)[rows]
+        inside = starts + offsets < lengths[doc_ids]
+        where = [x[inside] for x in (rows, label_ids, starts, offsets)]
+        values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
+        found.append([doc_ids[inside]] + where[1:] + [values])
+    return tuple(numpy.concatenate(column) for column in zip(*found))
+
+
+def calibrated_logits(
+    logits: numpy.ndarray, label_ids: numpy.ndarray, scales: numpy.ndarray, biases: numpy.ndarray
+) -> numpy.ndarray:
+    """z = a * s + b with each span's label's (a, b), float64: the order of the probabilities."""
+    return scales[label_ids] * logits.astype("float64") + biases[label_ids]
+
+
+def sigmoid(z: numpy.ndarray) -> numpy.ndarray:
+    """1 / (1 + exp(-z)) without overflow, float32 (what attrs["scores"] holds)."""
+    z = numpy.asarray(z, dtype="float64")
+    e = numpy.exp(-numpy.abs(z))
+    return numpy.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype("float32")
+
+
+def threshold_for_logit(logit: float, where: str) -> float:
+    """The probability threshold that decides exactly as the old rule s > logit did.
+
+    The old rule compared float32 scores with float32(logit); the new one compares them
+    with float32(logit_cuts(t)). sigmoid(logit) is nudged by ulps until both are the same.
+    """
+    if not (_is_number(logit) and math.isfinite(logit)):
+        raise ValueError(f"global_pointer: the logit threshold {logit!r} saved in {where} is not a finite number.")
+    limits = numpy.finfo("float32")
+    wanted = numpy.float32(numpy.clip(logit, limits.min, limits.max))
+    t = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
+    for _ in range(16):
+        got = numpy.float32(numpy.clip(logit_cuts([t], [1.0], [0.0])[0], limits.min, limits.max))
+        if got == wanted and 0.0 < t < 1.0:
+            return t
+        t = float(numpy.nextafter(t, 1.0 if got < wanted else 0.0))
+    raise ValueError(
+        f"global_pointer: the logit threshold {logit!r} saved in {where} has no probability "
+        "threshold that makes exactly the same decisions (it is too far from 0). Edit that cfg: "
+        'set "threshold" to a probability in [0, 1] and add "score_scale": "probability".'
+    )
+
+
+def upgrade_saved_cfg(saved: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A saved cfg in this version's terms: a cfg from before thresholds were
+    probabilities (no "score_scale") gets the probability threshold that decides as its
+    logit did, with a warning; a cfg from an unknown scale is refused."""
+    scale = saved.get("score_scale")
+    if scale == SCORE_SCALE:
+        return saved
+    if scale is not None:
+        raise ValueError(
+            f"global_pointer: the cfg in {where} has score_scale {scale!r}; this version of "
+            f"spacy-globalpointer reads {SCORE_SCALE!r}. Install the version that saved it."
+        )
+    logit = saved.get("threshold", 0.0)
+    threshold = threshold_for_logit(logit, where)
+    warnings.warn(
+        f"global_pointer: {where} was saved when thresholds and scores were logits. Its logit "
+        f"threshold {logit!r} is the probability threshold {threshold!r} now, which makes the "
+        "same decisions; doc.spans[key].attrs['scores'] hold probabilities. Save the "
+        "pipeline again to store it in the new form."
+    )
+    return {**saved, "threshold": threshold, "score_scale": SCORE_SCALE}
 
 
 def _check_max_span_length(value: Any) -> Optional[int]:
@@ -174,7 +352,8 @@ class GlobalPointer(TrainablePipe):
         name: str = "global_pointer",
         *,
         spans_key: str = DEFAULT_SPANS_KEY,
-        threshold: float = 0.0,
+        threshold: float = DEFAULT_THRESHOLD,
+        thresholds: Optional[Dict[str, float]] = None,
         max_span_length: Optional[int] = None,
         write_ents: bool = False,
         scorer: Optional[Callable] = global_pointer_score,
@@ -189,9 +368,14 @@ class GlobalPointer(TrainablePipe):
         self.cfg: Dict[str, Any] = {
             "labels": [],
             "spans_key": spans_key,
-            "threshold": _check_threshold(threshold),
+            "threshold": _check_threshold(threshold, name),
+            # Labels are unknown until initialize() or loading, which check these again.
+            "thresholds": _check_thresholds(thresholds or {}, []),
+            # Per-label Platt scaling {label: {"scale": a, "bias": b}}, set by `calibrate`.
+            "calibration": {},
             "max_span_length": _check_max_span_length(max_span_length),
             "write_ents": bool(write_ents),
+            "score_scale": SCORE_SCALE,
         }
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
         self.head_optimizer = head_optimizer
@@ -214,7 +398,55 @@ class GlobalPointer(TrainablePipe):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self.cfg["threshold"] = _check_threshold(value)
+        self.cfg["threshold"] = _check_threshold(value, self.name)
+
+    @property
+    def thresholds(self) -> Mapping[str, float]:
+        """Per-label thresholds (read-only view; assign a new dict to change them)."""
+        return MappingProxyType(self.cfg["thresholds"])
+
+    @thresholds.setter
+    def thresholds(self, value: Mapping[str, float]) -> None:
+        self.cfg["thresholds"] = _check_thresholds(value, self.labels)
+
+    @property
+    def calibration(self) -> Mapping[str, Mapping[str, float]]:
+        """Per-label Platt scaling {label: {"scale": a, "bias": b}}: p = sigmoid(a * s + b).
+        Labels without an entry have a = 1, b = 0."""
+        return MappingProxyType(self.cfg["calibration"])
+
+    @calibration.setter
+    def calibration(self, value: Mapping[str, Mapping[str, float]]) -> None:
+        self.cfg["calibration"] = _check_calibration(value, self.labels)
+
+    def label_thresholds(self) -> List[float]:
+        """The threshold of each label, in label order."""
+        default = _check_threshold(self.cfg["threshold"], self.name)
+        per_label = _check_thresholds(self.cfg["thresholds"], self.labels)
+        return [per_label.get(label, default) for label in self.labels]
+
+    def calibration_arrays(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """Per-label scale a and bias b, float64, in label order."""
+        params = _check_calibration(self.cfg["calibration"], self.labels)
+        identity = {"scale": 1.0, "bias": 0.0}
+        scales = [params.get(label, identity)["scale"] for label in self.labels]
+        biases = [params.get(label, identity)["bias"] for label in self.labels]
+        return numpy.asarray(scales, dtype="float64"), numpy.asarray(biases, dtype="float64")
+
+    def decision_cuts(self) -> numpy.ndarray:
+        """Per-label cuts on the logits: a candidate is predicted when s > its label's cut.
+
+        Read from cfg on every call (and checked), since tools such as `spacy
+        find-threshold` set cfg directly.
+        """
+        thresholds = self.label_thresholds()
+        if 0.0 in thresholds:
+            warnings.warn(
+                f"global_pointer: a threshold of 0 makes every candidate span of "
+                f"{[label for label, t in zip(self.labels, thresholds) if t == 0.0]} a "
+                "prediction. Thresholds are probabilities (the old logit threshold 0 is 0.5)."
+            )
+        return logit_cuts(thresholds, *self.calibration_arrays())
 
     @property
     def max_span_length(self) -> Optional[int]:
@@ -276,6 +508,8 @@ class GlobalPointer(TrainablePipe):
                 f"global_pointer: no labels. The training data has no spans under "
                 f"doc.spans[{self.key!r}] and no labels were given to initialize()."
             )
+        # Per-label thresholds set before the labels were known must name known labels.
+        self.cfg["thresholds"] = _check_thresholds(self.cfg["thresholds"], self.labels)
         if n_too_long:
             warnings.warn(
                 f"global_pointer: {n_too_long} of {n_spans} training spans are longer than "
@@ -318,10 +552,15 @@ class GlobalPointer(TrainablePipe):
         return self.model.predict(list(docs))
 
     def set_annotations(self, docs: Iterable[Doc], scores: SpanScores) -> None:
-        """Write every candidate with score > threshold to doc.spans[spans_key]."""
+        """Write every candidate whose probability is above its label's threshold to
+        doc.spans[spans_key], with the probabilities in attrs["scores"]."""
         docs = list(docs)
         _check_batch(docs, scores, "set_annotations")
-        doc_ids, label_ids, starts, offsets, found_scores = self._found_spans(scores)
+        doc_ids, label_ids, starts, offsets, logits = candidates_above(self.model.ops, scores, self.decision_cuts())
+        # Probabilities in the order of the calibrated logits, which also rank ents
+        # (float32 probabilities round to 1.0 above about 17 and would tie).
+        ranks = calibrated_logits(logits, label_ids, *self.calibration_arrays())
+        probabilities = sigmoid(ranks)
         # One sort for the whole batch: by doc, then start, end and label.
         order = numpy.lexsort((label_ids, starts + offsets, starts, doc_ids))
         bounds = numpy.searchsorted(doc_ids[order], numpy.arange(len(docs) + 1))
@@ -338,31 +577,10 @@ class GlobalPointer(TrainablePipe):
                     )
                 ],
             )
-            group.attrs["scores"] = found_scores[rows].astype("float32")
+            group.attrs["scores"] = probabilities[rows]
             doc.spans[self.key] = group
             if self.cfg["write_ents"]:
-                doc.set_ents(select_non_overlapping(group, found_scores[rows]), default="outside")
-
-    def _found_spans(self, scores: SpanScores) -> Tuple[numpy.ndarray, ...]:
-        """(doc, label, start, offset, score) of every candidate above the threshold, as
-        numpy arrays, one entry per span, gathered group by group."""
-        ops = self.model.ops
-        found: List[List[numpy.ndarray]] = [[numpy.zeros((0,), "i")] * 4 + [numpy.zeros((0,), "f")]]
-        lengths = numpy.asarray(scores.lengths)
-        for group, ids in zip(scores.groups, scores.doc_ids):
-            if not group.size:
-                continue
-            rows, label_ids, starts, offsets = (
-                ops.to_numpy(x) for x in ops.xp.nonzero(above_threshold(group, self.threshold))
-            )
-            # Only spans inside their doc are candidates. Checked on what passed the
-            # threshold rather than masking the whole (mostly empty) score array.
-            doc_ids = numpy.asarray(ids)[rows]
-            inside = starts + offsets < lengths[doc_ids]
-            where = [x[inside] for x in (rows, label_ids, starts, offsets)]
-            values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
-            found.append([doc_ids[inside]] + where[1:] + [values])
-        return tuple(numpy.concatenate(column) for column in zip(*found))
+                doc.set_ents(select_non_overlapping(group, ranks[rows]), default="outside")
 
     def _candidate_mask(self, lengths, shape) -> Any:
         """(docs, 1, n, band) bool: True where span (i, i + d) lies inside its doc."""
@@ -534,9 +752,39 @@ class GlobalPointer(TrainablePipe):
             "same training run."
         )
 
+    def _restore_cfg(self, saved: Dict[str, Any], where: str) -> None:
+        """Take the saved cfg (converted if it predates probabilities) and check it."""
+        self.cfg.update(upgrade_saved_cfg(saved, where))
+        try:
+            _check_threshold(self.cfg["threshold"], self.name)
+            self.cfg["thresholds"] = _check_thresholds(self.cfg.get("thresholds", {}), self.labels)
+            self.cfg["calibration"] = _check_calibration(self.cfg.get("calibration", {}), self.labels)
+        except ValueError as err:
+            raise ValueError(f"{err} (in the cfg read from {where})") from err
+
+    # cfg goes through Python's json, not srsly's: srsly keeps 10 significant digits of a
+    # float and reads "0.7" back as 0.7000000000000001, so thresholds and calibration
+    # would not survive saving exactly.
+
+    def to_bytes(self, *, exclude=tuple()) -> bytes:
+        serialize = {
+            "cfg": lambda: json.dumps(self.cfg, ensure_ascii=False),
+            "vocab": lambda: self.vocab.to_bytes(exclude=exclude),
+            "model": self.model.to_bytes,
+        }
+        return util.to_bytes(serialize, exclude)
+
+    def to_disk(self, path, *, exclude=tuple()) -> None:
+        serialize = {
+            "cfg": lambda p: Path(p).write_text(json.dumps(self.cfg, ensure_ascii=False, indent=2), encoding="utf8"),
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "model": lambda p: self.model.to_disk(p),
+        }
+        util.to_disk(path, serialize, exclude)
+
     def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "GlobalPointer":
         deserialize = {
-            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "cfg": lambda b: self._restore_cfg(json.loads(b), "the component's bytes"),
             "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
             "model": lambda b: self._load_model_bytes(b, "the component's bytes"),
         }
@@ -549,7 +797,7 @@ class GlobalPointer(TrainablePipe):
                 self._load_model_bytes(file_.read(), str(p))
 
         deserialize = {
-            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "cfg": lambda p: self._restore_cfg(json.loads(Path(p).read_text(encoding="utf8")), str(p)),
             "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
             "model": load_model,
         }
@@ -618,7 +866,8 @@ def _check_gold_spans(doc: Doc, key: str, where: str) -> None:
 
 
 def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:
-    """Greedy flat decoding: take spans by descending score, skip any that overlaps a taken one.
+    """Greedy flat decoding: take spans by descending score (any scale in the order of the
+    probabilities), skip any that overlaps a taken one.
 
     Ties go to the longer span, then the earlier one.
     """

@@ -115,3 +115,34 @@ def test_mixed_lengths_targets_compare_corpora_and_checkouts():
     assert checks["new"]["above_baseline_within_limit"] is True
     assert checks["new_over_old"]["uniform"]["words_per_s"] == pytest.approx(1.1)
     assert checks["new_over_old"]["mixed"]["words_per_cpu_s"] == pytest.approx(2.0)
+def test_thresholds_benchmark_smoke(tmp_path):
+    """benchmarks/thresholds.py end to end on a tiny trained pipeline."""
+    from spacy.tokens import DocBin
+
+    from .tiny_pipeline import build_tiny
+
+    nlp, examples, _ = build_tiny("en", steps=8)
+    nlp.to_disk(tmp_path / "pipeline")
+    DocBin(docs=[eg.reference for eg in examples] * 3).to_disk(tmp_path / "dev.spacy")
+    out = tmp_path / "results"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "thresholds.py"),
+        str(tmp_path / "pipeline"), str(tmp_path / "dev.spacy"), "--out", str(out),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "thresholds.json").read_text())
+    assert report["n_docs"] == {"fit": 6, "heldout": 6}
+    results = report["results"]
+    assert set(results) == {"default", "find_threshold", "per_label_alone", "per_label", "calibrated"}
+    assert results["default"]["threshold"] == 0.5
+    assert len(results["find_threshold"]["sweep_on_fit"]) == 11
+    assert results["per_label"]["fit_f_predicted"] == results["per_label"]["fit_f_scorer"]
+    for part in ("before", "after"):
+        assert len(report["calibration"][part]["bins"]) == 15
+    assert set(report["targets"]) == {"per_label_gain_f1_points", "ece_after"}
+    markdown = (out / "thresholds.md").read_text()
+    assert "| per-label thresholds" in markdown and "ECE (15 bins)" in markdown
+    assert (out / "reliability.png").read_bytes().startswith(b"\x89PNG")

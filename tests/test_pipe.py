@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -157,10 +158,19 @@ def test_unknown_gold_label_names_the_span():
         nlp.update(bad)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5", None])
-def test_threshold_must_be_finite(value):
+@pytest.mark.parametrize("value", ["0.5", -0.1, 1.5, -2.0])
+def test_threshold_must_be_a_probability(value):
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\], got " + re.escape(repr(value))):
+        make_nlp(threshold=value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, True])
+def test_threshold_must_be_a_finite_number(value):
+    # spaCy's config refuses these before the component sees them; its message names the setting.
     with pytest.raises(ValueError, match="threshold"):
         make_nlp(threshold=value)
+    with pytest.raises(ValueError, match=r"must be a probability in \[0, 1\], got " + re.escape(repr(value))):
+        GlobalPointer(spacy.blank("zh").vocab, make_nlp().get_pipe("global_pointer").model, threshold=value)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
@@ -170,7 +180,7 @@ def test_max_span_length_range(value):
 
 
 def test_decoding_returns_exactly_candidates_above_threshold():
-    nlp = make_nlp(max_span_length=3, threshold=0.5)
+    nlp = make_nlp(max_span_length=3, threshold=0.6)
     gp: GlobalPointer = nlp.get_pipe("global_pointer")
     for label in ("A", "B"):
         gp.add_label(label)
@@ -183,8 +193,9 @@ def test_decoding_returns_exactly_candidates_above_threshold():
         expected = {
             (i, i + d + 1, gp.labels[a]): scores[b, a, i, d]
             for a in range(2) for i in range(5) for d in range(3)
-            if i + d < len(doc) and scores[b, a, i, d] > 0.5
+            if i + d < len(doc) and 1 / (1 + numpy.exp(-float(scores[b, a, i, d]))) > 0.6
         }
+        expected = {span: 1 / (1 + numpy.exp(-float(s))) for span, s in expected.items()}
         got = {(s.start, s.end, s.label_): score for s, score in zip(doc.spans["sc"], doc.spans["sc"].attrs["scores"])}
         assert got == pytest.approx(expected)
         for start, end, _ in got:
@@ -196,8 +207,9 @@ def test_max_span_length_limits_predictions_and_warns(nested_examples):
     nlp = make_nlp(max_span_length=2)
     with pytest.warns(UserWarning, match=r"4 of 10 training spans are longer than max_span_length=2"):
         train(nlp, nested_examples(nlp), steps=30)
-    nlp.get_pipe("global_pointer").threshold = -1e9  # predict every candidate
-    doc = nlp("北京大学位于北京")
+    nlp.get_pipe("global_pointer").threshold = 0.0  # predict every candidate
+    with pytest.warns(UserWarning, match="every candidate"):
+        doc = nlp("北京大学位于北京")
     assert len(doc.spans["sc"]) == 3 * (8 + 7)
     assert max(len(s) for s in doc.spans["sc"]) == 2
 

@@ -54,8 +54,8 @@ text_batches = st.lists(texts, min_size=1, max_size=5)
 def pipelines():
     """A full-matrix English pipeline writing ents and a banded Chinese one,
     both with a low threshold so that random text yields many spans."""
-    en, _, _ = build_tiny("en", config={"write_ents": True, "threshold": -4.0})
-    zh, _, _ = build_tiny("zh", config={"max_span_length": 5, "threshold": -4.0})
+    en, _, _ = build_tiny("en", config={"write_ents": True, "threshold": 0.018})
+    zh, _, _ = build_tiny("zh", config={"max_span_length": 5, "threshold": 0.018})
     return {"en": en, "zh": zh}
 
 
@@ -65,7 +65,8 @@ def check_doc(doc, text, pipe):
     scores = numpy.asarray(group.attrs["scores"])
     assert scores.shape == (len(group),)
     assert numpy.isfinite(scores).all()
-    assert (scores > pipe.threshold).all()
+    # Probabilities, at least the threshold (float32 rounding can make one equal to it).
+    assert ((scores >= pipe.threshold) & (scores <= 1.0)).all()
     for span in group:
         assert span.doc is doc
         assert 0 <= span.start < span.end <= len(doc)
