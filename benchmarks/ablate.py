@@ -110,8 +110,12 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
 
 
 def make_variant(base: Config, name: str) -> Config:
+    """`base` with variant `name` applied; ValueError if that changes nothing (e.g. head_size_32 on
+    a base whose head_size is already 32), so that no run is a silent copy of the base."""
     config = copy.deepcopy(base)
     VARIANTS[name][1](config)
+    if name != "recommended" and config == base:
+        raise ValueError(f"variant {name!r} ({VARIANTS[name][0]}) changes nothing in this base config")
     return config
 
 

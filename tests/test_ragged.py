@@ -15,7 +15,7 @@ from thinc.api import set_dropout_rate
 
 from spacy_globalpointer.loss import multilabel_categorical_crossentropy
 from spacy_globalpointer.model import SpanScores, _length_groups
-from spacy_globalpointer.pipe import select_non_overlapping
+from spacy_globalpointer.pipe import select_non_overlapping, sigmoid
 
 from .tiny_pipeline import build_tiny, span_tuples
 
@@ -62,8 +62,10 @@ def padded_forward(model, docs, is_train):
 
 
 def padded_set_annotations(pipe, docs, scores):
-    """`set_annotations` on the padded (batch, labels, n_max, band) array."""
-    found = [x for x in numpy.nonzero(scores > pipe.threshold)]
+    """`set_annotations` on the padded (batch, labels, n_max, band) array (uncalibrated: the
+    probability is sigmoid of the logit, and ents are ranked by the logit)."""
+    cuts = numpy.clip(pipe.decision_cuts(), numpy.finfo("float32").min, numpy.finfo("float32").max)
+    found = [x for x in numpy.nonzero(scores > cuts.astype("float32").reshape(1, -1, 1, 1))]
     lengths = numpy.asarray([len(doc) for doc in docs])
     inside = found[2] + found[3] < lengths[found[0]]
     found = [x[inside] for x in found]
@@ -78,7 +80,7 @@ def padded_set_annotations(pipe, docs, scores):
             for s, o, label in zip(starts[rows], offsets[rows], label_ids[rows])
         ]
         doc.spans[pipe.key] = spans
-        doc.spans[pipe.key].attrs["scores"] = found_scores[rows].astype("float32")
+        doc.spans[pipe.key].attrs["scores"] = sigmoid(found_scores[rows])
         if pipe.cfg["write_ents"]:
             doc.set_ents(select_non_overlapping(spans, found_scores[rows]), default="outside")
 
@@ -182,7 +184,7 @@ def test_ragged_scores_are_the_padded_scores(pipelines, which, batch):
 
 
 @pytest.mark.parametrize("write_ents", [False, True])
-@pytest.mark.parametrize("threshold", [0.0, -4.0])
+@pytest.mark.parametrize("threshold", [0.5, 0.018])  # logits 0 and about -4
 @pytest.mark.parametrize("which", ["full", "banded"])
 @pytest.mark.parametrize("batch", list(BATCHES))
 def test_ragged_set_annotations_writes_the_padded_spans(pipelines, which, batch, threshold, write_ents):
@@ -204,7 +206,7 @@ def test_ragged_set_annotations_writes_the_padded_spans(pipelines, which, batch,
         )
         assert doc.spans[pipe.key].attrs["scores"].dtype == numpy.float32
         assert span_tuples(doc.ents) == span_tuples(reference.ents)
-    if threshold < 0 and sum(BATCHES[batch]):
+    if threshold < 0.5 and sum(BATCHES[batch]):
         assert sum(len(doc.spans[pipe.key]) for doc in docs) > 0  # the comparison saw spans
 
 

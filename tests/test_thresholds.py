@@ -13,6 +13,7 @@ import srsly
 from spacy.cli.find_threshold import find_threshold
 from spacy.tokens import DocBin
 
+from spacy_globalpointer.model import SpanScores
 from spacy_globalpointer.__main__ import main
 from spacy_globalpointer.calibration import (
     Candidates,
@@ -34,16 +35,17 @@ def sigmoid(x):
 
 
 def raw_logits(nlp, texts):
-    """{(start, end, label): logit} of every candidate of each text, read from the head's
-    (batch, labels, n, band) scores (independent of the decoding under test)."""
+    """{(start, end, label): logit} of every candidate of each text, read from each doc's
+    (labels, n, band) scores (independent of the decoding under test)."""
     pipe = nlp.get_pipe("global_pointer")
     docs = [nlp.make_doc(text) for text in texts]
-    scores = pipe.model.ops.to_numpy(pipe.predict(docs))
+    ragged = pipe.predict(docs)
     found = []
     for b, doc in enumerate(docs):
+        scores = pipe.model.ops.to_numpy(ragged.doc(b))
         found.append({
-            (i, i + d + 1, pipe.labels[a]): float(scores[b, a, i, d])
-            for a in range(scores.shape[1]) for i in range(len(doc)) for d in range(scores.shape[3])
+            (i, i + d + 1, pipe.labels[a]): float(scores[a, i, d])
+            for a in range(scores.shape[0]) for i in range(len(doc)) for d in range(scores.shape[2])
             if i + d < len(doc)
         })
     return found
@@ -90,8 +92,9 @@ def _synthetic_pipe(**config):
 
 
 def _decode(nlp, pipe, scores):
+    """set_annotations on a padded (docs, labels, n, band) array, as one group of SpanScores."""
     docs = [nlp.make_doc("一二三四五"), nlp.make_doc("六七")]
-    pipe.set_annotations(docs, scores)
+    pipe.set_annotations(docs, SpanScores([scores], [list(range(len(docs)))], [len(doc) for doc in docs]))
     return docs
 
 
