@@ -29,7 +29,7 @@ keeping the `--labels` most frequent labels (the others' spans are dropped).
 
     python benchmarks/mixed_lengths.py --config configs/cpu.cfg \\
         --dev ../shared/data/cluener/dev.json --train ../shared/data/cluener/train.json \\
-        --model /tmp/mixed/model --train-steps 400 --work /tmp/mixed \\
+        --model /tmp/mixed/model --train-steps 600 --work /tmp/mixed \\
         --baseline /path/to/old/checkout --out results/mixed_lengths
 
 writes `mixed_lengths.json` and `mixed_lengths.md` into `--out`.
