@@ -418,7 +418,7 @@ def _score_against_gold(
         "r": scores[f"{probe}_r"],
         "f": scores[f"{probe}_f"],
         "per_type": scores[f"{probe}_per_type"],
-        "recall_by_kind": {name[len(probe) + 1 : -2]: value for name, value in by_kind.items()},
+        "recall_by_kind": {name[len(f"spans_{probe}_") : -len("_r")]: value for name, value in by_kind.items()},
     }
 
 

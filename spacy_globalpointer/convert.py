@@ -532,7 +532,8 @@ def _doc_from_record_tokens(
         if (span.start, span.end, label) in kept:
             report.n_duplicates += 1
         kept[(span.start, span.end, label)] = span
-    if record.get("token_spans") is not None and char_spans:
+    # Cross-checked only when every token span was usable: a bad entry is reported once, as malformed.
+    if record.get("token_spans") is not None and char_spans and not errors:
         by_chars = {(c.start, c.end_exclusive, c.label) for c in char_spans}
         by_tokens = {(s.start_char, s.end_char, s.label_) for s in kept.values()}
         for start, end, label in sorted(by_chars ^ by_tokens, key=str):
