@@ -438,6 +438,8 @@ def infer_main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--span-finder-threshold", type=float, default=None,
+                        help="set span_finder's threshold (e.g. the best of the dev sweep) instead of sweeping")
     args = parser.parse_args(argv)
 
     import spacy
@@ -451,6 +453,8 @@ def infer_main(argv: Sequence[str]) -> int:
     load_start = time.perf_counter()
     nlp = spacy.load(args.model)
     load_seconds = time.perf_counter() - load_start
+    if args.span_finder_threshold is not None:
+        nlp.get_pipe("span_finder").cfg["threshold"] = args.span_finder_threshold
     gold = _read_docs(args.dev, nlp.vocab, 0)
     texts = _inputs(nlp, gold, args.gold_tokens)
     list(nlp.pipe(_copies(texts[: args.warmup]), batch_size=args.batch_size))
@@ -474,7 +478,7 @@ def infer_main(argv: Sequence[str]) -> int:
     band = next((proc.cfg.get("max_span_length") for _, proc in nlp.pipeline
                  if getattr(proc, "cfg", None) and "max_span_length" in proc.cfg), None)
     sweep = None
-    if "span_finder" in nlp.pipe_names:
+    if "span_finder" in nlp.pipe_names and args.span_finder_threshold is None:
         # span_finder's threshold decides which candidates spancat sees: report each on dev.
         finder = nlp.get_pipe("span_finder")
         trained_with = finder.cfg["threshold"]
@@ -499,6 +503,7 @@ def infer_main(argv: Sequence[str]) -> int:
         "task_share": task_share,
         "all_gold": _score_against_gold(docs, gold, args.spans_key, args.use_ents, band),
         "span_finder_threshold_sweep": sweep,
+        "span_finder_threshold": nlp.get_pipe("span_finder").cfg["threshold"] if "span_finder" in nlp.pipe_names else None,
     }
     args.result.write_text(json.dumps(result, indent=2), encoding="utf8")
     return 0
@@ -667,6 +672,9 @@ def format_markdown(report: Dict[str, Any]) -> str:
                 best = max(sweep, key=lambda row: row["f"])
                 lines += ["", f"{name}: span_finder threshold on dev (trained at {SPAN_FINDER_THRESHOLD}): {cells}; "
                           f"best {best['threshold']} (F {_fmt(best['f'], scale=100)})."]
+    tested = {name: s["test"] for name, s in ok.items() if "all_gold" in (s.get("test") or {})}
+    if tested:
+        lines += format_test(tested)
     data = report["data"]
     lines += [
         "",
@@ -681,6 +689,36 @@ def format_markdown(report: Dict[str, Any]) -> str:
         f"{report['machine']['nproc']}, load average at start {report['machine']['load_average']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def format_test(tested: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The test table: each system's model-best (chosen on dev) scored once on the test set."""
+    path = next(iter(tested.values()))["path"]
+    lines = [
+        "",
+        f"Test ({path}): model-best as chosen on dev, scored once against all gold spans; span_finder at "
+        "the threshold that was best on dev.",
+        "",
+        "| system | test F | P | R | flat R | nested R | nested / flat | infer words/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in tested.items():
+        gold, by_kind = t["all_gold"], t["all_gold"].get("recall_by_kind", {})
+        nested, flat = by_kind.get("nested"), by_kind.get("flat")
+        finder = f" (threshold {t['span_finder_threshold']})" if t.get("span_finder_threshold") is not None else ""
+        lines.append(
+            f"| {name}{finder} | {_fmt(gold['f'], scale=100)} | {_fmt(gold['p'], scale=100)} "
+            f"| {_fmt(gold['r'], scale=100)} | {_fmt(flat, scale=100)} | {_fmt(nested, scale=100)} "
+            f"| {_fmt(nested / flat if nested is not None and flat else None)} "
+            f"| {_fmt(t.get('words_per_second'), '.0f')} |"
+        )
+    labels = sorted({label for t in tested.values() for label in t["all_gold"]["per_type"]})
+    if labels:
+        lines += ["", "Per-type test F:", "", "| type | " + " | ".join(tested) + " |", "|---|" + "---:|" * len(tested)]
+        for label in labels:
+            cells = [_fmt(t["all_gold"]["per_type"].get(label, {}).get("f"), scale=100) for t in tested.values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(report: Dict[str, Any], path: Path) -> bool:
@@ -761,17 +799,12 @@ def run_system(
         print(f"[{system}] FAILED\n{_tail(folder / 'train.log')}", flush=True)
         return result
     result["model_mb"] = _dir_mb(model)
-    infer_json = folder / "inference.json"
-    cmd = [python, str(Path(__file__).resolve()), "_infer", str(model), dev, str(infer_json),
-           "--spans-key", spans_key, "--repeats", str(repeats)] + (["--use-ents"] if system == "ner" else []) \
-        + (["--gold-tokens"] if gold_tokens else [])
-    print(f"[{system}] inference: {shlex.join(cmd)}", flush=True)
-    run = run_measured(cmd, folder / "inference.log", threads)
-    if run["returncode"] != 0 or not infer_json.is_file():
-        result["error"] = f"inference exited with {run['returncode']}; see {folder / 'inference.log'}"
-        print(f"[{system}] FAILED\n{_tail(folder / 'inference.log')}", flush=True)
+    inference = run_inference(system, folder, dev, "inference", python=python, threads=threads,
+                              spans_key=spans_key, repeats=repeats, gold_tokens=gold_tokens)
+    if "error" in inference:
+        result["error"] = inference["error"]
         return result
-    result["inference"] = {**json.loads(infer_json.read_text(encoding="utf8")), **run}
+    result["inference"] = inference
     result["status"] = "ok"
     share = result["inference"]["task_share"]
     print(
@@ -781,6 +814,35 @@ def run_system(
         flush=True,
     )
     return result
+
+
+def run_inference(
+    system: str, folder: Path, docs: str, name: str, *, python: str, threads: int, spans_key: str,
+    repeats: int, gold_tokens: bool, span_finder_threshold: Optional[float] = None,
+) -> Dict[str, Any]:
+    """Time FOLDER/training/model-best on DOCS and score it against all their gold spans
+    (FOLDER/NAME.json, NAME.log); {"error": ...} if that fails."""
+    out = folder / f"{name}.json"
+    cmd = [python, str(Path(__file__).resolve()), "_infer", str(folder / "training" / "model-best"), docs,
+           str(out), "--spans-key", spans_key, "--repeats", str(repeats)] \
+        + (["--use-ents"] if system == "ner" else []) + (["--gold-tokens"] if gold_tokens else []) \
+        + (["--span-finder-threshold", str(span_finder_threshold)] if span_finder_threshold is not None else [])
+    print(f"[{system}] {name}: {shlex.join(cmd)}", flush=True)
+    run = run_measured(cmd, folder / f"{name}.log", threads)
+    if run["returncode"] != 0 or not out.is_file():
+        print(f"[{system}] FAILED\n{_tail(folder / f'{name}.log')}", flush=True)
+        return {"error": f"{name} exited with {run['returncode']}; see {folder / f'{name}.log'}"}
+    return {**json.loads(out.read_text(encoding="utf8")), **run}
+
+
+def run_test(system: str, result: Dict[str, Any], out: Path, test: Path, **kwargs: Any) -> Dict[str, Any]:
+    """model-best (chosen on dev) scored once on the test DocBin; span_finder runs at the threshold
+    that scored best in its dev sweep, so it is tuned on dev like everything else."""
+    sweep = result["inference"].get("span_finder_threshold_sweep")
+    threshold = max(sweep, key=lambda row: row["f"])["threshold"] if sweep else None
+    test_result = run_inference(system, out / system, str(test), "test", repeats=1,
+                                span_finder_threshold=threshold, **kwargs)
+    return {"path": str(test), **test_result}
 
 
 # The component whose scores are the system's, where it is not named after the system.
@@ -828,6 +890,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="default: the base config's system.seed")
     parser.add_argument("--limit-train", type=int, default=0, help="use the first N train docs (0: all)")
     parser.add_argument("--limit-dev", type=int, default=0, help="use the first N dev docs (0: all)")
+    parser.add_argument("--test", type=Path, default=None,
+                        help="test DocBin: each system's model-best (chosen on dev) is also scored on it once; "
+                        "with --reuse/--join, finished systems without a test score get one")
     parser.add_argument("--spans-key", default="sc")
     parser.add_argument("--gold-tokens", action="store_true",
                         help="train and predict on the DocBins' own tokens (corpora gold_preproc; docs of the gold "
@@ -846,6 +911,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="take finished systems from another run's output folder (e.g. a parallel lane "
                         "with --systems spancat); repeatable; implies --reuse")
     return parser
+
+
+def train_system(system: str, base, args: argparse.Namespace, data: Dict[str, Any], out: Path, seed,
+                 max_size: int, gp_name: str) -> Dict[str, Any]:
+    ner = system == "ner"
+    config = build_config(
+        base, system,
+        train=data["paths"]["ner_train" if ner else "train"],
+        dev=data["paths"]["ner_dev" if ner else "dev"],
+        spans_key=args.spans_key, max_span_length=max_size, max_steps=args.max_steps,
+        eval_frequency=args.eval_frequency, seed=seed, log_path=str(out / system / "train_log.jsonl"),
+        patience=args.patience, gold_tokens=args.gold_tokens,
+    )
+    component = gp_name if system in GP_ARCHITECTURES else TASK_COMPONENTS.get(system, system)
+    return run_system(
+        system, config, out, python=args.python, threads=args.threads, dev=data["paths"]["dev"],
+        spans_key=args.spans_key, repeats=args.repeats, component=component, gold_tokens=args.gold_tokens,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -898,7 +981,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "eval_frequency": args.eval_frequency, "seed": seed, "spans_key": args.spans_key,
             "limit_train": args.limit_train, "limit_dev": args.limit_dev,
             "suggester_max_size": args.suggester_max_size, "patience": args.patience,
-            "gold_tokens": args.gold_tokens,
+            "gold_tokens": args.gold_tokens, "test": str(args.test) if args.test else None,
             "threads": args.threads, "repeats": args.repeats,
             "inference_batch_size": 1000,
         },
@@ -907,23 +990,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     for system in systems:
         result = _finished(system, out, args.join) if (args.reuse or args.join) else None
-        if result is not None:
-            report["systems"][system] = result
-            continue
-        ner = system == "ner"
-        config = build_config(
-            base, system,
-            train=data["paths"]["ner_train" if ner else "train"],
-            dev=data["paths"]["ner_dev" if ner else "dev"],
-            spans_key=args.spans_key, max_span_length=max_size, max_steps=args.max_steps,
-            eval_frequency=args.eval_frequency, seed=seed, log_path=str(out / system / "train_log.jsonl"),
-            patience=args.patience, gold_tokens=args.gold_tokens,
-        )
-        component = gp_name if system in GP_ARCHITECTURES else TASK_COMPONENTS.get(system, system)
-        result = run_system(
-            system, config, out, python=args.python, threads=args.threads, dev=data["paths"]["dev"],
-            spans_key=args.spans_key, repeats=args.repeats, component=component, gold_tokens=args.gold_tokens,
-        )
+        if result is None:
+            result = train_system(system, base, args, data, out, seed, max_size, gp_name)
+        if args.test and result.get("status") == "ok" and (result.get("test") or {}).get("path") != str(args.test):
+            result["test"] = run_test(
+                system, result, out, args.test, python=args.python, threads=args.threads,
+                spans_key=args.spans_key, gold_tokens=args.gold_tokens,
+            )
         (out / system / "result.json").write_text(json.dumps(result, indent=2), encoding="utf8")
         report["systems"][system] = result
     report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -49,8 +49,11 @@ def demo_run(tmp_path_factory):
         docs, report = read_jsonl(REPO / "assets" / "demo" / f"{split}.jsonl", "zh")
         report.raise_if(0)
         write_docbin(docs[:n], root / f"{split}.spacy")
+        if split == "dev":  # the next 20 dev docs stand in for a test set
+            write_docbin(docs[n : n + 20], root / "test.spacy")
     out = root / "out"
     cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
+           "--test", str(root / "test.spacy"),
            "--config", str(CONFIGS / "cpu.cfg"), "--out", str(out), "--systems", ",".join(SYSTEMS),
            "--max-steps", str(MAX_STEPS), "--eval-frequency", str(EVAL_FREQUENCY), "--repeats", "1",
            "--patience", "100"] + NARROW
@@ -98,6 +101,15 @@ def test_compare_json(demo_run):
     assert report["systems"]["global_pointer"]["inference"]["span_finder_threshold_sweep"] is None
     assert report["systems"]["efficient_global_pointer"]["architecture"].endswith("EfficientGlobalPointer.v1")
     assert report["systems"]["ner"]["score_prefix"] == "ents"
+    # --test: model-best scored once on the test docs; span_finder at its best dev threshold.
+    for name, s in report["systems"].items():
+        test = s["test"]
+        assert test["path"].endswith("test.spacy") and test["n_texts"] == 20 and test["repeats"] == 1
+        assert all(0.0 <= test["all_gold"][k] <= 1.0 for k in ("p", "r", "f")), (name, test)
+        assert test["span_finder_threshold_sweep"] is None
+    best_on_dev = max(sweep, key=lambda row: row["f"])["threshold"]
+    assert report["systems"]["span_finder"]["test"]["span_finder_threshold"] == best_on_dev
+    assert report["systems"]["global_pointer"]["test"]["span_finder_threshold"] is None
     # The span systems train on all gold spans, so model-best rescored on them gives its dev F again.
     for name in ("global_pointer", "efficient_global_pointer", "spancat", "span_finder"):
         s = report["systems"][name]
@@ -113,6 +125,8 @@ def test_compare_markdown_and_png(demo_run):
     assert "| type |" in table and "| LOC |" in table
     assert "| system | flat R | nested R | inner R | outer R | nested / flat |" in table
     assert "span_finder: span_finder threshold on dev (trained at 0.2): 0.05: F " in table
+    assert "| system | test F | P | R | flat R | nested R | nested / flat | infer words/s |" in table
+    assert "\n| span_finder (threshold " in table and "Per-type test F:" in table
     assert "| system | best F" in result.stdout  # the table is printed at the end
     width, height = _png_size(out / "compare.png")
     assert width > 100 and height > 100
@@ -267,3 +281,20 @@ def test_base_config_without_global_pointer_is_refused():
     with pytest.raises(ValueError, match="global_pointer"):
         compare.build_config(base, "ner", train="t", dev="d", spans_key="sc", max_span_length=5,
                              max_steps=1, eval_frequency=1, seed=0, log_path="l")
+
+
+def test_reuse_adds_a_test_score_without_training_again(demo_run, tmp_path):
+    out, _ = demo_run
+    root = out.parent
+    trained = (out / "global_pointer" / "train.log").stat().st_mtime
+    cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
+           "--test", str(root / "dev.spacy"), "--config", str(CONFIGS / "cpu.cfg"), "--out", str(out),
+           "--systems", "global_pointer", "--reuse", "--repeats", "1"] + NARROW
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "global_pointer: reusing" in result.stdout and "[global_pointer] training" not in result.stdout
+    assert (out / "global_pointer" / "train.log").stat().st_mtime == trained
+    saved = json.loads((out / "global_pointer" / "result.json").read_text(encoding="utf8"))
+    # Scored on the dev docs, model-best gives the dev F it was chosen by.
+    assert saved["test"]["path"] == str(root / "dev.spacy")
+    assert saved["test"]["all_gold"]["f"] == pytest.approx(saved["best"]["f"], abs=1e-6)
