@@ -85,6 +85,19 @@ def training(**values: Any) -> Callable[[Config], None]:
     return setter(lambda config: config["training"]["optimizer"], **values)
 
 
+def soft_lexicon(config: Config) -> None:
+    """SoftLexicon (Ma et al. 2020): jieba's dictionary words each token begins, continues, ends or is,
+    four set vectors of 32 concatenated to the base embedding (spacy-globalpointer.SoftLexiconEmbed.v1)."""
+    tok2vec = config["components"]["tok2vec"]["model"]
+    base = copy.deepcopy(tok2vec["embed"])
+    tok2vec["embed"] = {
+        "@architectures": "spacy-globalpointer.SoftLexiconEmbed.v1",
+        "width": base.get("width", _encode(config).get("width", 96)),
+        "lexicon_width": 32, "lexicon_rows": 50000, "max_word_length": 8, "weighting": "log",
+        "embed": base, "lexicon": {"@misc": "spacy-globalpointer.jieba_lexicon.v1"},
+    }
+
+
 # name -> (what changes against the base config, how)
 VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "recommended": ("the base config unchanged", lambda config: None),
@@ -106,6 +119,11 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "cnn_attention_2": ("the CNN plus 2 self-attention layers (RoPE, 4 heads, window 64)", attention(2)),
     "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
     "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
+    "soft_lexicon": ("SoftLexicon: jieba dictionary words (B/M/E/S sets, 4 x 32) added to the embedding", soft_lexicon),
+    "soft_lexicon_attention_1": (
+        "SoftLexicon and 1 self-attention layer",
+        lambda config: (soft_lexicon(config), attention(1)(config)) and None,
+    ),
 }
 
 
