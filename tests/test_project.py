@@ -63,3 +63,36 @@ def test_package_installs_and_loads_by_name(project_run, tmp_path):
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "global_pointer" in loaded.stdout
+
+
+def test_genia_workflow_on_the_first_records(tmp_path):
+    """`spacy project run genia` (convert on the records' own tokens, train, evaluate) on the
+    first records of each GENIA split."""
+    from .conftest import shared_data_dir
+
+    genia = shared_data_dir() / "genia"
+    if not (genia / "train.jsonl").is_file():
+        pytest.skip(f"GENIA not found in {genia}")
+    sample = tmp_path / "genia"
+    sample.mkdir()
+    for split, n in (("train", 80), ("dev", 20), ("test", 20)):
+        with (genia / f"{split}.jsonl").open(encoding="utf8") as file_:
+            lines = [next(file_) for _ in range(n)]
+        (sample / f"{split}.jsonl").write_text("".join(lines), encoding="utf8")
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("project.yml", "configs"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    cmd = [sys.executable, "-m", "spacy", "project", "run", "genia", str(root), "--vars.genia_dir", str(sample),
+           "--vars.max_steps", "10", "--vars.eval_frequency", "5"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert (root / "training" / "genia" / "model-best" / "global_pointer" / "model").exists()
+    for split, n in (("dev", 20), ("test", 20)):
+        metrics = srsly.read_json(root / "metrics" / f"genia_{split}.json")
+        assert metrics["n_docs"] == n
+        # Recall by kind of gold span: about a fifth of GENIA's entities nest, so 20 sentences
+        # hold both kinds.
+        by_kind = metrics["recall_by_kind"]
+        assert 0.0 <= by_kind["flat"] <= 1.0 and 0.0 <= by_kind["nested"] <= 1.0, by_kind
