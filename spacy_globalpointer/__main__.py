@@ -139,6 +139,8 @@ def _model_data_output(command: argparse.ArgumentParser) -> None:
     command.add_argument("--output", required=True, help="folder to write the pipeline to")
     command.add_argument("--component", help="the global_pointer component's name (default: the only one)")
     command.add_argument("--report", help="JSON file for the figures")
+    command.add_argument("--gold-tokens", action="store_true",
+                         help="predict on the data's own tokens (data converted with its own tokens, such as GENIA)")
 
 
 def _column_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -242,12 +244,13 @@ def _run_tune_thresholds(args: argparse.Namespace) -> int:
         if args.heldout:
             sets["heldout"] = read_docs(nlp, args.heldout)
         key = f"spans_{pipe.key}_f"
-        before = {part: score(nlp, docs)[key] for part, docs in sets.items()}
-        result = tune_pipeline(nlp, sets["dev"], name=name, grid_step=args.grid_step, folds=args.folds)
+        before = {part: score(nlp, docs, gold_tokens=args.gold_tokens)[key] for part, docs in sets.items()}
+        result = tune_pipeline(nlp, sets["dev"], name=name, grid_step=args.grid_step, folds=args.folds,
+                               gold_tokens=args.gold_tokens)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    after = {part: score(nlp, docs)[key] for part, docs in sets.items()}
+    after = {part: score(nlp, docs, gold_tokens=args.gold_tokens)[key] for part, docs in sets.items()}
     nlp.to_disk(args.output)
     print("| label | threshold | tuned alone |\n|---|---:|---:|")
     for label, value in result["thresholds"].items():
@@ -277,7 +280,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         else:
             fit, heldout = split_in_halves(docs, args.seed)
             where = f"the other half of {args.data} ({len(heldout)} docs, seed {args.seed})"
-        params, report = calibrate_pipeline(nlp, fit, heldout, name=name, min_probability=args.min_probability)
+        params, report = calibrate_pipeline(nlp, fit, heldout, name=name, min_probability=args.min_probability,
+                                            gold_tokens=args.gold_tokens)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -18,6 +18,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import minibatch
 
+from .evaluate import unannotated_doc
 from .pipe import GlobalPointer, calibrated_logits, candidates_above, logit_cuts, sigmoid
 
 PathLike = Union[str, Path]
@@ -92,9 +93,10 @@ def split_in_halves(docs: Sequence[Doc], seed: int = 0) -> Tuple[List[Doc], List
     return [docs[i] for i in sorted(order[:cut])], [docs[i] for i in sorted(order[cut:])]
 
 
-def score(nlp: Language, gold: Sequence[Doc], batch_size: int = 128) -> Dict[str, Any]:
-    """The pipeline's scores on `gold` from spaCy's Scorer (`nlp.evaluate`)."""
-    examples = [Example(nlp.make_doc(doc.text), doc) for doc in gold]
+def score(nlp: Language, gold: Sequence[Doc], batch_size: int = 128, gold_tokens: bool = False) -> Dict[str, Any]:
+    """The pipeline's scores on `gold` from spaCy's Scorer (`nlp.evaluate`); gold_tokens: predict
+    on the gold docs' own tokens instead of the tokenizer's."""
+    examples = [Example(unannotated_doc(nlp, doc, gold_tokens), doc) for doc in gold]
     return nlp.evaluate(examples, batch_size=batch_size)
 
 
@@ -108,7 +110,8 @@ def _annotate_before(nlp: Language, name: str, docs: List[Doc]) -> List[Doc]:
 
 
 def collect_candidates(
-    nlp: Language, name: str, gold: Sequence[Doc], cuts: numpy.ndarray, batch_size: int = 128
+    nlp: Language, name: str, gold: Sequence[Doc], cuts: numpy.ndarray, batch_size: int = 128,
+    gold_tokens: bool = False,
 ) -> Candidates:
     """Score `gold`'s texts and keep every candidate whose logit is above its label's cut.
 
@@ -121,7 +124,7 @@ def collect_candidates(
     n_gold_per_doc: List[int] = []
     annotated = [doc for doc in gold if pipe.key in doc.spans]
     for batch in minibatch(annotated, batch_size):
-        examples = [Example(nlp.make_doc(doc.text), doc) for doc in batch]
+        examples = [Example(unannotated_doc(nlp, doc, gold_tokens), doc) for doc in batch]
         docs = _annotate_before(nlp, name, [eg.predicted for eg in examples])
         doc_ids, label_ids, starts, offsets, logits = candidates_above(pipe.model.ops, pipe.predict(docs), cuts)
         gold_sets = []
@@ -475,6 +478,7 @@ def tune_pipeline(
     name: Optional[str] = None,
     grid_step: float = DEFAULT_GRID_STEP,
     folds: int = DEFAULT_FOLDS,
+    gold_tokens: bool = False,
 ) -> Dict[str, Any]:
     """Set per-label thresholds tuned on `dev` on the pipeline; returns what was chosen
     (see `tune_thresholds`)."""
@@ -482,7 +486,7 @@ def tune_pipeline(
     grid = threshold_grid(grid_step)
     scales, biases = pipe.calibration_arrays()
     cuts = logit_cuts([grid[0]] * len(pipe.labels), scales, biases)
-    candidates = collect_candidates(nlp, name, dev, cuts)
+    candidates = collect_candidates(nlp, name, dev, cuts, gold_tokens=gold_tokens)
     require_gold(candidates, pipe.key, "the tuning set")
     result = tune_thresholds(candidates, scales, biases, grid, folds=folds)
     pipe.thresholds = result["thresholds"]
@@ -497,6 +501,7 @@ def calibrate_pipeline(
     *,
     name: Optional[str] = None,
     min_probability: float = MIN_PROBABILITY,
+    gold_tokens: bool = False,
 ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Any]]:
     """Fit per-label Platt scaling on `fit`, set it on the pipeline, and report ECE and
     Brier score before and after on `heldout`."""
@@ -505,12 +510,13 @@ def calibrate_pipeline(
     name, pipe = find_global_pointer(nlp, name)
     raw = (numpy.ones(len(pipe.labels)), numpy.zeros(len(pipe.labels)))
     floor = logit_cuts([min_probability] * len(pipe.labels), *raw)
-    fit_candidates = collect_candidates(nlp, name, fit, floor)
+    fit_candidates = collect_candidates(nlp, name, fit, floor, gold_tokens=gold_tokens)
     require_gold(fit_candidates, pipe.key, "the calibration set")
     params = fit_calibration(fit_candidates, min_probability)
     before = pipe.calibration_arrays()
     after = calibration_arrays(pipe.labels, params)
-    held = collect_candidates(nlp, name, heldout, report_cuts(pipe.labels, before, after, min_probability))
+    held = collect_candidates(nlp, name, heldout, report_cuts(pipe.labels, before, after, min_probability),
+                              gold_tokens=gold_tokens)
     require_gold(held, pipe.key, "the held-out set")
     report = calibration_report(held, before, after, min_probability)
     report["n_fit_spans"] = int(len(fit_candidates.logits))

@@ -41,7 +41,7 @@ def evaluate(
     gold = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     if not gold:
         raise ValueError(f"{data} holds no docs to evaluate on.")
-    examples = [Example(_unannotated(nlp, doc) if gold_tokens else nlp.make_doc(doc.text), doc) for doc in gold]
+    examples = [Example(unannotated_doc(nlp, doc, gold_tokens), doc) for doc in gold]
     scores = nlp.evaluate(examples, batch_size=batch_size)
     result = {
         "model": str(model),
@@ -67,7 +67,11 @@ def evaluate(
     return result
 
 
-def _unannotated(nlp, doc: Doc) -> Doc:
+def unannotated_doc(nlp, doc: Doc, gold_tokens: bool = True) -> Doc:
+    """What the pipeline reads for gold `doc`: a new doc of its own words (gold_tokens) or of its
+    text through the pipeline's tokenizer; no annotations either way."""
+    if not gold_tokens:
+        return nlp.make_doc(doc.text)
     return Doc(nlp.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
 
 

@@ -19,9 +19,11 @@ from spacy_globalpointer.calibration import (
     Candidates,
     brier_score,
     calibration_report,
+    collect_candidates,
     expected_calibration_error,
     fit_calibration,
     fit_platt,
+    find_global_pointer,
     score,
     tune_thresholds,
 )
@@ -484,3 +486,35 @@ def test_calibration_set_without_gold_spans_is_refused(saved, tmp_path, capsys):
         assert code == 2
         assert re.search(r"has no gold spans under doc\.spans\['sc'\]", capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_gold_tokens_tune_on_the_data_own_tokens(saved, tmp_path, capsys):
+    """GENIA-style data converted with its own tokens: `CD69` is a token of the data but sits inside
+    the tokenizer's token `AIM)/CD69`. With --gold-tokens the pipeline predicts on the data's tokens,
+    so that gold span can be a candidate; on the tokenizer's tokens it never can."""
+    from spacy.tokens import Doc, Span
+
+    from spacy_globalpointer.pipe import logit_cuts
+
+    nlp = spacy.load(saved / "pipeline")
+    name, pipe = find_global_pointer(nlp)
+    words = ["Activation", "of", "AIM", ")", "/", "CD69", "needs", "NF-kappa", "B", "."]
+    spaces = [True, True, False, False, False, True, True, True, False, False]
+    doc = Doc(nlp.vocab, words=words, spaces=spaces)
+    doc.spans["sc"] = [Span(doc, 5, 6, label=pipe.labels[0])]
+    assert "CD69" not in [t.text for t in nlp.make_doc(doc.text)]
+    everything = logit_cuts([1e-6] * len(pipe.labels), *pipe.calibration_arrays())
+    own = collect_candidates(nlp, name, [doc], everything, gold_tokens=True)
+    retokenized = collect_candidates(nlp, name, [doc], everything, gold_tokens=False)
+    assert own.n_gold == retokenized.n_gold == 1
+    assert int(own.is_gold.sum()) == 1 and int(retokenized.is_gold.sum()) == 0
+    # The command takes the flag and scores on the same tokens before and after tuning.
+    DocBin(docs=[doc]).to_disk(tmp_path / "own.spacy")
+    report_path = tmp_path / "tune.json"
+    code = main(["tune-thresholds", str(saved / "pipeline"), str(tmp_path / "own.spacy"), "--gold-tokens",
+                 "--output", str(tmp_path / "tuned"), "--report", str(report_path), "--folds", "1"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text(encoding="utf8"))
+    tuned = spacy.load(tmp_path / "tuned")
+    assert score(tuned, [doc], gold_tokens=True)["spans_sc_f"] == pytest.approx(report["after"]["dev"])
+    assert report["after"]["dev"] >= report["before"]["dev"]
