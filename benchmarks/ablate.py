@@ -85,6 +85,16 @@ def training(**values: Any) -> Callable[[Config], None]:
     return setter(lambda config: config["training"]["optimizer"], **values)
 
 
+def both(*changes: Callable[[Config], None]) -> Callable[[Config], None]:
+    """The changes applied one after the other."""
+
+    def apply(config: Config) -> None:
+        for change in changes:
+            change(config)
+
+    return apply
+
+
 def soft_lexicon(config: Config) -> None:
     """SoftLexicon (Ma et al. 2020): jieba's dictionary words each token begins, continues, ends or is,
     four set vectors of 32 concatenated to the base embedding (spacy-globalpointer.SoftLexiconEmbed.v1)."""
@@ -122,7 +132,7 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "soft_lexicon": ("SoftLexicon: jieba dictionary words (B/M/E/S sets, 4 x 32) added to the embedding", soft_lexicon),
     "soft_lexicon_attention_1": (
         "SoftLexicon and 1 self-attention layer",
-        lambda config: (soft_lexicon(config), attention(1)(config)) and None,
+        both(soft_lexicon, attention(1)),
     ),
 }
 

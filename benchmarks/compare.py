@@ -356,12 +356,13 @@ def _dir_mb(path: Path) -> float:
 
 
 def _inputs(nlp, gold: list, gold_tokens: bool) -> list:
-    """What the pipeline reads: the dev texts, or new docs of the gold tokens (no annotations)."""
-    from spacy.tokens import Doc
+    """What the pipeline reads: the dev texts (so that timing includes the tokenizer), or new docs
+    of the gold tokens (no annotations)."""
+    from spacy_globalpointer.evaluate import unannotated_doc
 
     if not gold_tokens:
         return [doc.text for doc in gold]
-    return [Doc(nlp.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc]) for doc in gold]
+    return [unannotated_doc(nlp, doc) for doc in gold]
 
 
 def _timed_components(nlp, texts: list, batch_size: int) -> Dict[str, Dict[str, float]]:

@@ -80,18 +80,16 @@ def jieba_lexicon(max_word_length: int = 8, min_frequency: float = 0.0) -> Calla
 
 
 class _Cached:
-    """Loads the lexicon once per process, however many models share the loader."""
-
-    _loaded: Dict[int, Lexicon] = {}
+    """Loads the lexicon when first called and keeps it for every later call (each batch)."""
 
     def __init__(self, load: Callable[[], Lexicon]):
         self.load = load
+        self.words: Optional[Lexicon] = None
 
     def __call__(self) -> Lexicon:
-        key = id(self)
-        if key not in self._loaded:
-            self._loaded[key] = self.load()
-        return self._loaded[key]
+        if self.words is None:
+            self.words = self.load()
+        return self.words
 
 
 def match_sets(
