@@ -134,6 +134,14 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
         "SoftLexicon and 1 self-attention layer",
         both(soft_lexicon, attention(1)),
     ),
+    "span_evidence": (
+        "span-internal evidence in the head (mean and soft minimum of per-type token scores)",
+        setter(_gp_model, span_evidence=True),
+    ),
+    "cnn_attention_1_span_evidence": (
+        "1 self-attention layer and span-internal evidence in the head",
+        both(attention(1), setter(_gp_model, span_evidence=True)),
+    ),
 }
 
 

@@ -59,15 +59,18 @@ def build_global_pointer(
     rope: bool = True,
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
+    span_evidence: bool = False,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], "SpanScores"]:
     """GlobalPointer: per-type q/k projections of `head_size`, RoPE, scaled dot products.
 
     Returns a model that maps a batch of docs to `SpanScores` (one (docs, n_labels,
     n, band) array per group of docs of similar length); see `torch_layers` for the
-    band layout.
+    band layout. With `span_evidence`, each span's score also reads the tokens between its
+    endpoints (a mean and a soft minimum of per-type token scores; `torch_layers.SpanEvidence`):
+    for CPU encoders whose endpoints do not see the whole span.
     """
-    return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO)
+    return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO)
 
 
 def build_efficient_global_pointer(
@@ -77,11 +80,12 @@ def build_efficient_global_pointer(
     rope: bool = True,
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
+    span_evidence: bool = False,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], "SpanScores"]:
     """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases."""
     return _build(
-        tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, nO
+        tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO
     )
 
 
@@ -109,7 +113,7 @@ def make_grad_scaler(
     )
 
 
-def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, nO):
+def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO):
     if head_size < 2 or head_size % 2:
         raise ValueError(f"head_size must be an even number >= 2, got {head_size}.")
     return Model(
@@ -125,6 +129,7 @@ def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, n
             "rope": rope,
             "mixed_precision": mixed_precision,
             "grad_scaler": grad_scaler,
+            "span_evidence": span_evidence,
             # Set by the pipe: spans longer than this are not candidates (None: no limit).
             "max_span_length": None,
         },
@@ -152,7 +157,8 @@ def build_head(model: Model) -> None:
         return
     width, n_labels = model.get_dim("nI"), model.get_dim("nO")
     torch_head = model.attrs["head_class"](
-        width, n_labels, head_size=model.attrs["head_size"], rope=model.attrs["rope"]
+        width, n_labels, head_size=model.attrs["head_size"], rope=model.attrs["rope"],
+        span_evidence=model.attrs["span_evidence"],
     )
     grad_scaler = model.attrs["grad_scaler"]
     wants_scaling = grad_scaler is not None and grad_scaler._enabled

@@ -119,6 +119,38 @@ def band_view(values: torch.Tensor, band: int) -> torch.Tensor:
     return padded.unfold(-1, band, 1)
 
 
+class SpanEvidence(nn.Module):
+    """What the tokens between a span's endpoints say about it, added to the endpoint score.
+
+    The endpoint score <q_i, k_j> sees the span only through what the encoder put into
+    tokens i and j. On a CPU encoder with a narrow receptive field neither end of a long
+    span sees the span, which costs recall on nested and long entities. This term reads
+    the inside: two per-type token scores u and v (one linear layer), and for the span
+    [i, j] the mean of u over its tokens plus a soft minimum of v over them
+    (-log sum exp(-v): low if any token looks like it does not belong). Both are
+    cumulative along the band, so the whole term is one parallel pass over the same
+    (batch, types, n, band) layout as the scores; its size, not O(n^2), bounds memory.
+    Zero-initialised, so that a new head starts from its endpoint scores alone (minus a
+    length prior of log(length) from the soft minimum).
+    """
+
+    def __init__(self, width: int, n_types: int):
+        super().__init__()
+        self.n_types = n_types
+        self.proj = nn.Linear(width, 2 * n_types)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, X: torch.Tensor, band: int) -> torch.Tensor:
+        """X: (batch, n, width) -> (batch, types, n, band); entries past a doc's end are junk
+        (masked by the caller), entries inside it never read past the span."""
+        token_scores = self.proj(X).float().transpose(1, 2)  # (batch, 2 * types, n)
+        inside = band_view(token_scores, band)  # [..., i, d] = score of token i + d
+        u, v = inside[:, : self.n_types], inside[:, self.n_types :]
+        lengths = torch.arange(1, band + 1, device=X.device, dtype=torch.float32)
+        return u.cumsum(-1) / lengths - torch.logcumsumexp(-v, dim=-1)
+
+
 # Initial value of the learned per-type score offset. An untrained head scores spans
 # around 0, so with no offset it "predicts" half of all O(n^2) candidates: millions of
 # spans on a dev set, which makes the first evaluations crawl. Starting well below the
@@ -129,12 +161,17 @@ INITIAL_OFFSET = -4.0
 class _SpanScorer(nn.Module):
     """Shared scaffolding: RoPE, scaling, per-type offset, banding and masking of span scores."""
 
-    def __init__(self, head_size: int, n_types: int, rope: bool, initial_offset: float = INITIAL_OFFSET):
+    def __init__(
+        self, width: int, head_size: int, n_types: int, rope: bool, initial_offset: float = INITIAL_OFFSET,
+        span_evidence: bool = False,
+    ):
         super().__init__()
         self.head_size = head_size
         self.n_types = n_types
         self.rope = RotaryPositionEmbedding(head_size) if rope else None
         self.offset = nn.Parameter(torch.full((n_types,), float(initial_offset)))
+        # Absent (not just unused) when off, so that heads saved without it load unchanged.
+        self.evidence = SpanEvidence(width, n_types) if span_evidence else None
 
     def _scores(self, qk: torch.Tensor, band: int) -> torch.Tensor:
         """qk: (batch, heads, n, 2 * head_size), q then k (any strides) -> (batch, heads, n, band).
@@ -157,9 +194,11 @@ class _SpanScorer(nn.Module):
         # doc never holds a second copy of all of q and k.
         return band_scores(qk[..., :size], qk[..., size:], band, phases * scale, phases)
 
-    def _finish(self, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _finish(self, scores: torch.Tensor, X: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # The loss and decoding run in fp32 whatever precision the products used.
         scores = scores.float() + self.offset[None, :, None, None]
+        if self.evidence is not None:
+            scores = scores + self.evidence(X, scores.shape[-1])
         mask = band_candidate_mask(lengths, scores.shape[2], scores.shape[3])
         # In place: the addition's backward does not need its output.
         return scores.masked_fill_(~mask[:, None], torch.finfo(scores.dtype).min)
@@ -176,14 +215,15 @@ def _check_band(band: Optional[int], n: int) -> int:
 class GlobalPointerHead(_SpanScorer):
     """GlobalPointer: separate q/k projections of `head_size` for each entity type.
 
-    s_a(i, j) = <R_i q_{i,a}, R_j k_{j,a}> / sqrt(head_size) + c_a, with c_a a learned offset.
+    s_a(i, j) = <R_i q_{i,a}, R_j k_{j,a}> / sqrt(head_size) + c_a, with c_a a learned offset
+    (plus `SpanEvidence` of the tokens i..j with `span_evidence`).
     """
 
     def __init__(
         self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True,
-        initial_offset: float = INITIAL_OFFSET,
+        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False,
     ):
-        super().__init__(head_size, n_types, rope, initial_offset)
+        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence)
         self.proj = nn.Linear(width, n_types * head_size * 2)
 
     def forward(
@@ -193,7 +233,7 @@ class GlobalPointerHead(_SpanScorer):
         batch, n, _ = X.shape
         band = _check_band(band, n)
         qk = self.proj(X).view(batch, n, self.n_types, 2 * self.head_size).transpose(1, 2)
-        return self._finish(self._scores(qk, band), lengths)
+        return self._finish(self._scores(qk, band), X, lengths)
 
 
 class EfficientGlobalPointerHead(_SpanScorer):
@@ -206,9 +246,9 @@ class EfficientGlobalPointerHead(_SpanScorer):
 
     def __init__(
         self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True,
-        initial_offset: float = INITIAL_OFFSET,
+        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False,
     ):
-        super().__init__(head_size, n_types, rope, initial_offset)
+        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence)
         self.proj = nn.Linear(width, head_size * 2)
         self.bias = nn.Linear(head_size * 2, n_types * 2)
 
@@ -224,7 +264,7 @@ class EfficientGlobalPointerHead(_SpanScorer):
         bias = self.bias(hidden).view(batch, n, self.n_types, 2).permute(0, 2, 3, 1) / 2
         start_bias, end_bias = bias[:, :, 0], bias[:, :, 1]  # (batch, types, n)
         scores = shared + start_bias[..., None] + band_view(end_bias, band)
-        return self._finish(scores, lengths)
+        return self._finish(scores, X, lengths)
 
 
 

@@ -202,3 +202,21 @@ def test_empty_labels_in_cfg(copy):
     _edit_cfg(copy, labels=[])
     with pytest.raises(ValueError, match=r"no labels"):
         spacy.load(copy)
+
+
+def test_span_evidence_trains_saves_and_reloads(tmp_path):
+    """A head with span-internal evidence learns it (its zero-initialised weights move), and a
+    saved pipeline reloads from its config with the same spans and scores."""
+    from .tiny_pipeline import SMALL_MODEL, pipe_predictions
+
+    model = {**SMALL_MODEL, "span_evidence": True}
+    nlp, _, losses = build_tiny("en", steps=30, config={"model": model})
+    assert losses[-1] < losses[0] / 2
+    evidence = nlp.get_pipe("global_pointer").model.get_ref("head").shims[0]._model.evidence
+    assert evidence.proj.weight.abs().sum() > 0
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.config["components"]["global_pointer"]["model"]["span_evidence"] is True
+    texts = [text for text, _ in EN_DATA]
+    assert pipe_predictions(loaded, texts) == pipe_predictions(nlp, texts)
+    assert any(row["spans"] for row in pipe_predictions(loaded, texts))

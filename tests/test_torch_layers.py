@@ -105,3 +105,44 @@ def test_untrained_head_predicts_nothing(head_class):
     scores = head(X, torch.tensor([50, 40, 10, 1]))
     assert (scores < 0).all()
     assert head.offset.requires_grad
+
+
+@pytest.mark.parametrize("head_class", [GlobalPointerHead, EfficientGlobalPointerHead])
+def test_span_evidence_is_mean_plus_soft_minimum_of_the_inside(head_class):
+    torch.manual_seed(0)
+    width, types, n, band = 6, 2, 7, 4
+    plain = head_class(width, types, head_size=4)
+    head = head_class(width, types, head_size=4, span_evidence=True)
+    head.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.normal_(head.evidence.proj.weight)
+    torch.nn.init.normal_(head.evidence.proj.bias)
+    X, lengths = torch.randn(2, n, width), torch.tensor([n, 5])
+    extra = head(X, lengths, band=band) - plain(X, lengths, band=band)
+    token = head.evidence.proj(X)  # (batch, n, 2 * types)
+    for b, length in enumerate(lengths.tolist()):
+        for i in range(length):
+            for d in range(min(band, length - i)):
+                inside = token[b, i : i + d + 1]
+                u, v = inside[:, :types], inside[:, types:]
+                expected = u.mean(0) - torch.logsumexp(-v, dim=0)
+                assert torch.allclose(extra[b, :, i, d], expected, atol=1e-4), (b, i, d)
+
+
+@pytest.mark.parametrize("head_class", [GlobalPointerHead, EfficientGlobalPointerHead])
+def test_span_evidence_starts_neutral_and_ignores_padding(head_class):
+    """Zero-initialised: only the log(length) prior of the soft minimum; a doc's scores do not
+    depend on what else is in its batch; and heads without it have no extra parameters."""
+    torch.manual_seed(0)
+    plain = head_class(6, 3, head_size=4)
+    head = head_class(6, 3, head_size=4, span_evidence=True)
+    assert set(head.state_dict()) - set(plain.state_dict()) == {"evidence.proj.weight", "evidence.proj.bias"}
+    head.load_state_dict(plain.state_dict(), strict=False)
+    X = torch.randn(1, 5, 6)
+    diff = head(X, torch.tensor([5])) - plain(X, torch.tensor([5]))
+    prior = -torch.log(torch.arange(1, 6, dtype=torch.float32))
+    assert torch.allclose(diff[0, :, 0], prior.expand(3, 5), atol=1e-5)
+    torch.nn.init.normal_(head.evidence.proj.weight)
+    alone = head(X[:, :3], torch.tensor([3]), band=2)
+    padded = torch.cat([X[:, :3], 100 * torch.randn(1, 4, 6)], dim=1)
+    batched = head(padded, torch.tensor([3]), band=2)
+    assert torch.allclose(batched[:, :, :3], alone, atol=1e-5)
