@@ -108,6 +108,12 @@ def soft_lexicon(config: Config) -> None:
     }
 
 
+def pretrained_tok2vec(config: Config) -> None:
+    """The tok2vec starts from `spacy pretrain` weights: make_variant sets paths.init_tok2vec."""
+    if not config["paths"].get("init_tok2vec"):
+        raise ValueError("variant 'pretrained_tok2vec' needs --init-tok2vec PATH (a modelN.bin written by spacy pretrain)")
+
+
 # name -> (what changes against the base config, how)
 VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "recommended": ("the base config unchanged", lambda config: None),
@@ -134,6 +140,7 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
         "SoftLexicon and 1 self-attention layer",
         both(soft_lexicon, attention(1)),
     ),
+    "pretrained_tok2vec": ("tok2vec initialised from spacy pretrain weights (--init-tok2vec)", pretrained_tok2vec),
     "span_evidence": (
         "span-internal evidence in the head (mean and soft minimum of per-type token scores)",
         setter(_gp_model, span_evidence=True),
@@ -145,10 +152,13 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
 }
 
 
-def make_variant(base: Config, name: str) -> Config:
+def make_variant(base: Config, name: str, *, init_tok2vec: Optional[Path] = None) -> Config:
     """`base` with variant `name` applied; ValueError if that changes nothing (e.g. head_size_32 on
-    a base whose head_size is already 32), so that no run is a silent copy of the base."""
+    a base whose head_size is already 32), so that no run is a silent copy of the base.
+    `init_tok2vec` is the weights file of the pretrained_tok2vec variant."""
     config = copy.deepcopy(base)
+    if name == "pretrained_tok2vec" and init_tok2vec is not None:
+        config["paths"]["init_tok2vec"] = str(Path(init_tok2vec).resolve())
     VARIANTS[name][1](config)
     if name != "recommended" and config == base:
         raise ValueError(f"variant {name!r} ({VARIANTS[name][0]}) changes nothing in this base config")
@@ -207,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--eval-frequency", type=int, default=250)
+    parser.add_argument("--init-tok2vec", type=Path, help="spacy pretrain weights (modelN.bin) for pretrained_tok2vec")
     args, passthrough = parser.parse_known_args(argv)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
@@ -219,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for name in names:
         config_path = args.out / "configs" / f"{name}.cfg"
-        make_variant(base, name).to_disk(config_path)
+        make_variant(base, name, init_tok2vec=args.init_tok2vec).to_disk(config_path)
         print(f"== {name}: {VARIANTS[name][0]}", flush=True)
         compare.main([
             "--config", str(config_path), "--out", str(args.out / name), "--systems", "global_pointer",

@@ -6,7 +6,7 @@ component, optimizer, batcher, seed and step budget; only the task component dif
     python benchmarks/compare.py --train corpus/cluener/train.spacy --dev corpus/cluener/dev.spacy \
         --config configs/cpu.cfg --max-steps 2000 --eval-frequency 200 --out results/cluener \
         [--systems global_pointer,efficient_global_pointer,ner,spancat] \
-        [--limit-train N] [--limit-dev N] [--spans-key sc] [--max-span-length auto|N] \
+        [--limit-train N] [--limit-dev N] [--spans-key sc] [--suggester-max-size auto|N] \
         [--components.tok2vec.model.encode.width 32 ...]
 
 Trailing `--section.key value` arguments override the base config (as in `spacy train`) for

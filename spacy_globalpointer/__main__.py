@@ -1,4 +1,4 @@
-"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize|tune-thresholds|calibrate|annotate ...`.
+"""Command line: `python -m spacy_globalpointer convert|demo|evaluate|visualize|tune-thresholds|calibrate|annotate|raw-text ...`.
 
 Exit codes: 0 done; 1 `--strict` found problems (nothing written), or `annotate --on-error fail` met
 a bad record; 2 the input is not the format, is missing, or an argument is wrong.
@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     visualize.add_argument("data", help="a .spacy DocBin whose texts are rendered")
     visualize.add_argument("output", help="the HTML file to write")
     visualize.add_argument("--limit", type=int, default=50, help="render the first N docs (default: 50)")
+    raw = commands.add_parser(
+        "raw-text",
+        help="unlabelled text for spacy pretrain: the texts of DocBins as JSONL, each once",
+        description="Write the distinct texts of converted DocBins as JSONL records {\"text\": ...}, "
+        "what spacy pretrain reads through [corpora.pretrain] (paths.raw_text).",
+    )
+    raw.add_argument("output", help="the .jsonl file to write")
+    raw.add_argument("inputs", nargs="+", help=".spacy DocBins whose texts are written")
+    raw.add_argument("--exclude", nargs="+", default=[],
+                     help="DocBins whose texts are left out (e.g. the dev set scores are reported on)")
     _add_threshold_parsers(commands)
     _add_annotate_parser(commands)
     return parser
@@ -187,6 +197,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_raw_text(args: argparse.Namespace) -> int:
+    from .convert import FormatError, write_raw_text
+
+    try:
+        counts = write_raw_text(args.inputs, args.output, exclude=args.exclude)
+    except (FormatError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(", ".join(f"{name} {count}" for name, count in counts.items()), file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
@@ -308,6 +331,7 @@ COMMANDS = {
     "tune-thresholds": _run_tune_thresholds,
     "calibrate": _run_calibrate,
     "annotate": _run_annotate,
+    "raw-text": _run_raw_text,
 }
 
 

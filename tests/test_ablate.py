@@ -37,13 +37,19 @@ BASE_CONFIGS = {"head_size_32": "cpu_en.cfg"}
 def test_each_variant_builds_a_pipeline_and_changes_only_its_part(name):
     base_name = BASE_CONFIGS.get(name, "cpu.cfg")
     base = load_config(CONFIGS / base_name, interpolate=False)
-    config = ablate.make_variant(base, name)
+    config = ablate.make_variant(base, name, init_tok2vec=REPO / "pretrain" / "model9.bin")
+    if name == "pretrained_tok2vec":
+        assert config["paths"]["init_tok2vec"] == str(REPO / "pretrain" / "model9.bin")
+        with pytest.raises(ValueError, match="needs --init-tok2vec"):
+            ablate.make_variant(base, name)
+    else:
+        assert config["paths"] == base["paths"]
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     assert nlp.pipe_names == ["tok2vec", "global_pointer"]
     changed = {
         section for section in ("components", "training", "nlp", "corpora") if config[section] != base[section]
     }
-    assert changed == (set() if name == "recommended" else {"training"} if name.startswith("lr_") else {"components"})
+    assert changed == (set() if name in ("recommended", "pretrained_tok2vec") else {"training"} if name.startswith("lr_") else {"components"})
     # The base config is not touched by building a variant.
     assert base == load_config(CONFIGS / base_name, interpolate=False)
 

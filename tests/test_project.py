@@ -96,3 +96,43 @@ def test_genia_workflow_on_the_first_records(tmp_path):
         # hold both kinds.
         by_kind = metrics["recall_by_kind"]
         assert 0.0 <= by_kind["flat"] <= 1.0 and 0.0 <= by_kind["nested"] <= 1.0, by_kind
+
+
+def test_pretrain_then_train_cluener_on_the_first_records(tmp_path):
+    """`pretrain-cluener` (unlabelled CLUENER train/test and People's Daily text, never CLUENER dev)
+    and `train-cluener` starting from its weights, on the first records of each file."""
+    from .conftest import shared_data_dir
+
+    data = shared_data_dir()
+    if not (data / "cluener" / "test.json").is_file() or not (data / "peoples_daily" / "example.dev").is_file():
+        pytest.skip(f"CLUENER or People's Daily not found in {data}")
+    cluener, pd = tmp_path / "cluener", tmp_path / "peoples_daily"
+    cluener.mkdir()
+    pd.mkdir()
+    for name, n in (("train.json", 150), ("dev.json", 30), ("test.json", 50)):
+        with (data / "cluener" / name).open(encoding="utf8") as file_:
+            (cluener / name).write_text("".join(next(file_) for _ in range(n)), encoding="utf8")
+    for name in ("example.dev", "example.test"):
+        # The first 40 sentences (blank-line separated, one character and its tag per line).
+        sentences = (data / "peoples_daily" / name).read_text(encoding="utf8").split("\n\n")[:40]
+        (pd / name).write_text("\n\n".join(sentences) + "\n", encoding="utf8")
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("project.yml", "configs"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    common = ["--vars.data_dir", str(cluener), "--vars.pd_dir", str(pd)]
+    for command, extra in (
+        ("convert-cluener", []),
+        ("pretrain-cluener", ["--vars.pretrain_epochs", "1"]),
+        ("train-cluener", ["--vars.max_steps", "4", "--vars.eval_frequency", "2",
+                           "--vars.init_tok2vec", "training/pretrain-cluener/model-last.bin"]),
+    ):
+        cmd = [sys.executable, "-m", "spacy", "project", "run", command, str(root)] + common + extra
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    texts = [json.loads(line)["text"] for line in (root / "corpus" / "pretrain" / "cluener.jsonl").open(encoding="utf8")]
+    dev_texts = {json.loads(line)["text"] for line in (cluener / "dev.json").open(encoding="utf8")}
+    assert len(texts) == len(set(texts)) > 150 and not dev_texts & set(texts)
+    config = (root / "training" / "cluener" / "model-best" / "config.cfg").read_text(encoding="utf8")
+    assert "training/pretrain-cluener/model-last.bin" in config
