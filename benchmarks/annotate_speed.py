@@ -235,10 +235,17 @@ def targets(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     return found
 
 
+def _git_commit() -> Optional[str]:
+    run = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return run.stdout.strip() or None
+
+
 def markdown(report: Dict[str, Any]) -> str:
     rows = report["results"]
     lines = [
         f"# Annotation throughput ({report['corpus']['n_docs']} docs, {report['n_tokens']} tokens)",
+        "",
+        f"`{report.get('command')}` at commit {report.get('git_commit')}, {report.get('date')}.",
         "",
         f"Model: {report['model']['source']} (`{report['model']['path']}`). Batch size "
         f"{report['config']['batch_size']}, shard size {report['config']['shard_size']}. Machine: "
@@ -281,6 +288,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         corpus = write_corpus(corpora["full"], args.n_docs)
         write_corpus(corpora["startup"], args.startup_docs)
         report: Dict[str, Any] = {
+            "command": " ".join(["python", "benchmarks/annotate_speed.py"] + sys.argv[1:]),
+            "git_commit": _git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "config": vars(args) | {"out": str(args.out), "model": None, "work_dir": str(work)},
             "machine": {
                 "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
