@@ -135,6 +135,11 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "cnn_attention_2": ("the CNN plus 2 self-attention layers (RoPE, 4 heads, window 64)", attention(2)),
     "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
     "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
+    "lr_warmup_linear": (
+        "learn_rate schedule: 500 warm-up steps to 0.002, linear decay to 0 at training.max_steps",
+        training(learn_rate={"@schedules": "warmup_linear.v1", "warmup_steps": 500,
+                             "total_steps": "${training.max_steps}", "initial_rate": 0.002}),
+    ),
     "soft_lexicon": ("SoftLexicon: jieba dictionary words (B/M/E/S sets, 4 x 32) added to the embedding", soft_lexicon),
     "soft_lexicon_attention_1": (
         "SoftLexicon and 1 self-attention layer",
