@@ -13,7 +13,8 @@ Trailing `--section.key value` arguments override the base config (as in `spacy 
 every system. The gold spans are read from `doc.spans[spans_key]` of both DocBins.
 
 Writes to --out: `corpus/` (the data each system trains on; `ner_*.spacy` carry `doc.ents`
-= `filter_spans(doc.spans[key])`), one folder per system (`config.cfg`, `train.log`,
+= `filter_spans(doc.spans[key])`; `--corpus DIR` puts it elsewhere, and a folder prepared from
+the same files is reused), one folder per system (`config.cfg`, `train.log`,
 `train_log.jsonl`, `training/model-best`, `inference.json`, `result.json`), and
 `compare.json`, `compare.md` and `compare.png` (dev F1 against training minutes).
 
@@ -61,11 +62,15 @@ SPAN_FINDER_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.5)
 # Data
 
 
+def _require_docbin(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such DocBin (.spacy file); convert the data first")
+
+
 def _read_docs(path: Path, vocab, limit: int) -> list:
     from spacy.tokens import DocBin
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DocBin (.spacy file); convert the data first")
+    _require_docbin(path)
     docs = list(DocBin().from_disk(path).get_docs(vocab))
     return docs[:limit] if limit else docs
 
@@ -73,8 +78,10 @@ def _read_docs(path: Path, vocab, limit: int) -> list:
 def _span_stats(docs: list, key: str) -> Dict[str, Any]:
     spans = [span for doc in docs if key in doc.spans for span in doc.spans[key]]
     labels: Dict[str, int] = {}
+    lengths: Dict[int, int] = {}
     for span in spans:
         labels[span.label_] = labels.get(span.label_, 0) + 1
+        lengths[len(span)] = lengths.get(len(span), 0) + 1
     return {
         "n_docs": len(docs),
         "n_docs_with_key": sum(key in doc.spans for doc in docs),
@@ -82,7 +89,13 @@ def _span_stats(docs: list, key: str) -> Dict[str, Any]:
         "n_spans": len(spans),
         "longest_span": max((len(span) for span in spans), default=0),
         "labels": dict(sorted(labels.items())),
+        "span_lengths": {str(n): lengths[n] for n in sorted(lengths)},
     }
+
+
+def count_longer(stats: Dict[str, Any], n: int) -> int:
+    """How many of a split's gold spans are longer than `n` tokens (from `_span_stats`)."""
+    return sum(count for length, count in stats["span_lengths"].items() if int(length) > n)
 
 
 def _as_ents(docs: list, key: str) -> Tuple[list, int]:
@@ -101,15 +114,41 @@ def _as_ents(docs: list, key: str) -> Tuple[list, int]:
     return out, dropped
 
 
+# Bump when what prepare_corpora writes changes, so that older prepared folders are redone.
+CORPUS_FORMAT = 2
+
+
+def _source_stamp(path: Path, limit: int) -> Dict[str, Any]:
+    _require_docbin(path)
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "limit": limit}
+
+
 def prepare_corpora(
-    train: Path, dev: Path, out: Path, *, lang: str, spans_key: str, limit_train: int = 0, limit_dev: int = 0
+    train: Path, dev: Path, out: Path, *, lang: str, spans_key: str, limit_train: int = 0, limit_dev: int = 0,
+    folder: Optional[Path] = None,
 ) -> Dict[str, Any]:
-    """Write the (sliced) train/dev DocBins for span systems and `ner_*` copies for `ner`."""
+    """Write the (sliced) train/dev DocBins for span systems and `ner_*` copies for `ner` into
+    `folder` (default OUT/corpus). A folder already prepared from the same files (path, size,
+    modification time) and settings is reused: its `prepared.json` records from what, and is
+    written last, so an interrupted preparation is redone. Preparing GENIA takes minutes
+    (DocBin serialisation of the spans), so ablate.py's variants and parallel lanes share one."""
     import spacy
     from spacy.tokens import DocBin
 
+    folder = out / "corpus" if folder is None else folder
+    stamp = {
+        "format": CORPUS_FORMAT, "lang": lang, "spans_key": spans_key,
+        "train": _source_stamp(train, limit_train), "dev": _source_stamp(dev, limit_dev),
+    }
+    marker = folder / "prepared.json"
+    if marker.is_file():
+        saved = json.loads(marker.read_text(encoding="utf8"))
+        if saved.get("stamp") == stamp and all(Path(p).is_file() for p in saved["info"]["paths"].values()):
+            print(f"corpus: reusing {folder} (prepared from the same files)", flush=True)
+            return saved["info"]
+        marker.unlink()
     nlp = spacy.blank(lang)
-    folder = out / "corpus"
     folder.mkdir(parents=True, exist_ok=True)
     info: Dict[str, Any] = {"source": {"train": str(train), "dev": str(dev)}, "paths": {}}
     for split, path, limit in (("train", train, limit_train), ("dev", dev, limit_dev)):
@@ -131,6 +170,7 @@ def prepare_corpora(
         DocBin(docs=ner_docs, store_user_data=True).to_disk(info["paths"][f"ner_{split}"])
     if not info["train"]["n_spans"]:
         raise ValueError(f"{train}: the training docs have no spans under doc.spans[{spans_key!r}]")
+    marker.write_text(json.dumps({"stamp": stamp, "info": info}, indent=2), encoding="utf8")
     return info
 
 
@@ -145,13 +185,6 @@ def resolve_max_span_length(value: str, longest: int, cap: int) -> int:
     if n < 1:
         raise ValueError(f"--suggester-max-size must be 'auto' or an integer >= 1, got {value!r}")
     return n
-
-
-def _count_longer(path: str, lang: str, key: str, n: int) -> int:
-    import spacy
-
-    docs = _read_docs(Path(path), spacy.blank(lang).vocab, 0)
-    return sum(len(span) > n for doc in docs if key in doc.spans for span in doc.spans[key])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +467,9 @@ def infer_main(argv: Sequence[str]) -> int:
     parser.add_argument("dev", type=Path)
     parser.add_argument("result", type=Path)
     parser.add_argument("--spans-key", default="sc")
+    parser.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                        help="where the prepared train/dev DocBins go (default OUT/corpus); a folder prepared "
+                        "from the same files and settings is reused, so runs can share one")
     parser.add_argument("--use-ents", action="store_true")
     parser.add_argument("--gold-tokens", action="store_true")
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -895,6 +931,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="test DocBin: each system's model-best (chosen on dev) is also scored on it once; "
                         "with --reuse/--join, finished systems without a test score get one")
     parser.add_argument("--spans-key", default="sc")
+    parser.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                        help="where the prepared train/dev DocBins go (default OUT/corpus); a folder prepared "
+                        "from the same files and settings is reused, so runs can share one")
     parser.add_argument("--gold-tokens", action="store_true",
                         help="train and predict on the DocBins' own tokens (corpora gold_preproc; docs of the gold "
                         "words at inference), for data converted with its own tokens such as GENIA")
@@ -956,12 +995,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data = prepare_corpora(
         args.train, args.dev, out, lang=base["nlp"]["lang"], spans_key=args.spans_key,
         limit_train=args.limit_train, limit_dev=args.limit_dev,
+        folder=args.corpus.resolve() if args.corpus else None,
     )
     max_size = resolve_max_span_length(args.suggester_max_size, data["train"]["longest_span"], args.max_span_cap)
     data["spancat_max_size"] = max_size
     for split in ("train", "dev"):
-        data[f"{split}_spans_longer_than_max_size"] = _count_longer(
-            data["paths"][split], base["nlp"]["lang"], args.spans_key, max_size)
+        data[f"{split}_spans_longer_than_max_size"] = count_longer(data[split], max_size)
     print(
         f"data: train {data['train']['n_docs']} docs, {data['train']['n_spans']} spans; dev "
         f"{data['dev']['n_docs']} docs, {data['dev']['n_spans']} spans; ner drops "

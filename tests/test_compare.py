@@ -10,6 +10,7 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import spacy
@@ -201,6 +202,34 @@ def test_cluener_ner_corpus_drops_the_overlap(cluener_corpora):
     assert len(docs[-1].spans["sc"]) == 3  # the span copy is untouched
     spans = compare._read_docs(root / "out" / "corpus" / "train.spacy", nlp.vocab, 0)
     assert sum(len(doc.spans["sc"]) for doc in spans) == data["train"]["n_spans"]
+
+
+def test_a_prepared_corpus_is_reused_until_its_source_changes(cluener_corpora, tmp_path):
+    root, data = cluener_corpora
+    folder = tmp_path / "shared"
+    first = compare.prepare_corpora(root / "train.spacy", root / "dev.spacy", tmp_path, lang="zh", spans_key="sc",
+                                    folder=folder)
+    assert first["train"] == data["train"] and Path(first["paths"]["train"]).parent == folder
+    assert compare.count_longer(first["train"], 0) == first["train"]["n_spans"]
+    assert compare.count_longer(first["train"], first["train"]["longest_span"]) == 0
+    written = (folder / "train.spacy").stat().st_mtime_ns
+    again = compare.prepare_corpora(root / "train.spacy", root / "dev.spacy", tmp_path, lang="zh", spans_key="sc",
+                                    folder=folder)
+    assert again == first and (folder / "train.spacy").stat().st_mtime_ns == written
+    sliced = compare.prepare_corpora(root / "train.spacy", root / "dev.spacy", tmp_path, lang="zh", spans_key="sc",
+                                     folder=folder, limit_train=50)
+    assert sliced["train"]["n_docs"] == 50
+    # A rewritten source file is prepared again.
+    from spacy.tokens import DocBin
+
+    docs = compare._read_docs(root / "dev.spacy", spacy.blank("zh").vocab, 10)
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "dev10.spacy")
+    other = compare.prepare_corpora(root / "train.spacy", tmp_path / "dev10.spacy", tmp_path, lang="zh",
+                                    spans_key="sc", folder=folder, limit_train=50)
+    assert other["dev"]["n_docs"] == 10
+    (tmp_path / "dev10.spacy").write_bytes((root / "dev.spacy").read_bytes())
+    assert compare.prepare_corpora(root / "train.spacy", tmp_path / "dev10.spacy", tmp_path, lang="zh",
+                                   spans_key="sc", folder=folder, limit_train=50)["dev"]["n_docs"] == 60
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
