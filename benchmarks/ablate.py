@@ -5,7 +5,8 @@
         [--variants recommended,no_bigrams,head_size_64,...] [--max-steps 2000] [--eval-frequency 250] \
         [any other benchmarks/compare.py option, e.g. --limit-train N --repeats 1]
 
-Each variant changes one thing in the base config (`VARIANTS` below says what). Its config is
+Each variant changes one thing in the base config (`VARIANTS` below says what); `A+B` applies
+variant A, then B, and is named so in the table (`cnn_attention_1+averages`). Its config is
 written to OUT/configs/NAME.cfg and trained and timed by `compare.py --systems global_pointer`
 into OUT/NAME, with the same seed, step budget and data as every other variant. Writes
 OUT/ablations.json and OUT/ablations.md: best dev P/R/F, step and minutes to the best, training
@@ -85,6 +86,10 @@ def training(**values: Any) -> Callable[[Config], None]:
     return setter(lambda config: config["training"]["optimizer"], **values)
 
 
+def dropout(rate: float) -> Callable[[Config], None]:
+    return setter(lambda config: config["training"], dropout=rate)
+
+
 def both(*changes: Callable[[Config], None]) -> Callable[[Config], None]:
     """The changes applied one after the other."""
 
@@ -140,6 +145,12 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
         training(learn_rate={"@schedules": "warmup_linear.v1", "warmup_steps": 500,
                              "total_steps": "${training.max_steps}", "initial_rate": 0.002}),
     ),
+    "averages": (
+        "parameter averaging (optimizer use_averages: the averaged weights are evaluated and saved)",
+        training(use_averages=True),
+    ),
+    "dropout_0.2": ("training dropout 0.2", dropout(0.2)),
+    "dropout_0.3": ("training dropout 0.3", dropout(0.3)),
     "soft_lexicon": ("SoftLexicon: jieba dictionary words (B/M/E/S sets, 4 x 32) added to the embedding", soft_lexicon),
     "soft_lexicon_attention_1": (
         "SoftLexicon and 1 self-attention layer",
@@ -157,22 +168,33 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
 }
 
 
+def parts(name: str) -> List[str]:
+    """The variants that `name` applies in order: `A+B` is A, then B."""
+    return [part.strip() for part in name.split("+")]
+
+
+def describe(name: str) -> str:
+    return " + ".join(VARIANTS[part][0] for part in parts(name))
+
+
 def make_variant(base: Config, name: str, *, init_tok2vec: Optional[Path] = None) -> Config:
-    """`base` with variant `name` applied; ValueError if that changes nothing (e.g. head_size_32 on
-    a base whose head_size is already 32), so that no run is a silent copy of the base.
-    `init_tok2vec` is the weights file of the pretrained_tok2vec variant."""
+    """`base` with variant `name` applied (`A+B`: A, then B); ValueError if a part changes
+    nothing (e.g. head_size_32 on a base whose head_size is already 32), so that no run is a
+    silent copy of another. `init_tok2vec` is the weights file of the pretrained_tok2vec variant."""
     config = copy.deepcopy(base)
-    if name == "pretrained_tok2vec" and init_tok2vec is not None:
-        config["paths"]["init_tok2vec"] = str(Path(init_tok2vec).resolve())
-    VARIANTS[name][1](config)
-    if name != "recommended" and config == base:
-        raise ValueError(f"variant {name!r} ({VARIANTS[name][0]}) changes nothing in this base config")
+    for part in parts(name):
+        before = copy.deepcopy(config)
+        if part == "pretrained_tok2vec" and init_tok2vec is not None:
+            config["paths"]["init_tok2vec"] = str(Path(init_tok2vec).resolve())
+        VARIANTS[part][1](config)
+        if part != "recommended" and config == before:
+            raise ValueError(f"variant {part!r} ({VARIANTS[part][0]}) changes nothing in this base config")
     return config
 
 
 def summarize(name: str, report: Dict[str, Any]) -> Dict[str, Any]:
     result = report["systems"]["global_pointer"]
-    row: Dict[str, Any] = {"variant": name, "change": VARIANTS[name][0], "status": result.get("status")}
+    row: Dict[str, Any] = {"variant": name, "change": describe(name), "status": result.get("status")}
     if result.get("status") != "ok":
         return row
     inference = result["inference"]
@@ -219,13 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=compare.REPO / "configs" / "cpu.cfg")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {','.join(VARIANTS)}; A+B combines two")
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--eval-frequency", type=int, default=250)
     parser.add_argument("--init-tok2vec", type=Path, help="spacy pretrain weights (modelN.bin) for pretrained_tok2vec")
     args, passthrough = parser.parse_known_args(argv)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = [name for name in names if name not in VARIANTS]
+    unknown = [part for name in names for part in parts(name) if part not in VARIANTS]
     if unknown or not names:
         raise SystemExit(f"--variants: unknown {unknown or 'empty list'}; choose from {', '.join(VARIANTS)}")
     from spacy.util import load_config
@@ -238,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in names:
         config_path = args.out / "configs" / f"{name}.cfg"
         make_variant(base, name, init_tok2vec=args.init_tok2vec).to_disk(config_path)
-        print(f"== {name}: {VARIANTS[name][0]}", flush=True)
+        print(f"== {name}: {describe(name)}", flush=True)
         compare.main([
             "--config", str(config_path), "--out", str(args.out / name), "--systems", "global_pointer",
             "--max-steps", str(args.max_steps), "--eval-frequency", str(args.eval_frequency),

@@ -49,7 +49,8 @@ def test_each_variant_builds_a_pipeline_and_changes_only_its_part(name):
     changed = {
         section for section in ("components", "training", "nlp", "corpora") if config[section] != base[section]
     }
-    assert changed == (set() if name in ("recommended", "pretrained_tok2vec") else {"training"} if name.startswith("lr_") else {"components"})
+    training_only = name.startswith(("lr_", "dropout_")) or name == "averages"
+    assert changed == (set() if name in ("recommended", "pretrained_tok2vec") else {"training"} if training_only else {"components"})
     # The base config is not touched by building a variant.
     assert base == load_config(CONFIGS / base_name, interpolate=False)
 
@@ -57,6 +58,17 @@ def test_each_variant_builds_a_pipeline_and_changes_only_its_part(name):
 def test_a_variant_that_changes_nothing_is_refused():
     with pytest.raises(ValueError, match="'head_size_32' .* changes nothing"):
         ablate.make_variant(load_config(CONFIGS / "cpu.cfg", interpolate=False), "head_size_32")
+
+
+def test_a_combined_variant_applies_its_parts_in_order():
+    base = load_config(CONFIGS / "cpu.cfg", interpolate=False)
+    config = ablate.make_variant(base, "cnn_attention_1+averages")
+    assert config["components"]["tok2vec"] == ablate.make_variant(base, "cnn_attention_1")["components"]["tok2vec"]
+    assert config["training"]["optimizer"]["use_averages"] is True
+    assert config["training"]["dropout"] == base["training"]["dropout"]
+    assert ablate.describe("cnn_attention_1+averages").startswith("the CNN plus 1 self-attention layer")
+    with pytest.raises(ValueError, match="'averages' .* changes nothing"):
+        ablate.make_variant(base, "averages+averages")
 
 
 def test_no_bigrams_is_spacy_multihashembed():
@@ -86,6 +98,8 @@ def test_ablate_end_to_end_on_demo_data(tmp_path):
         assert row["infer_words_per_second"] > 0 and 0.0 < row["head_share_of_inference"] < 1.0
         assert (out / "configs" / f"{row['variant']}.cfg").exists()
         assert (out / row["variant"] / "compare.json").exists()
+    # The variants share one prepared corpus.
+    assert (out / "corpus" / "prepared.json").is_file() and not (out / "no_bigrams" / "corpus").exists()
     table = (out / "ablations.md").read_text(encoding="utf8")
     assert "| recommended |" in table and "| no_bigrams |" in table
     # The bigram tables make the recommended model larger on disk than the one without.
@@ -96,3 +110,5 @@ def test_ablate_end_to_end_on_demo_data(tmp_path):
 def test_unknown_variant_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown"):
         ablate.main(["--out", str(tmp_path), "--variants", "recommended,nope"])
+    with pytest.raises(SystemExit, match="unknown"):
+        ablate.main(["--out", str(tmp_path), "--variants", "cnn_deep+nope"])
