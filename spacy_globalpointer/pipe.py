@@ -1,5 +1,4 @@
 """The `global_pointer` pipeline component: nested and flat entities in `doc.spans`."""
-import contextlib
 import json
 import math
 import numbers
@@ -671,10 +670,14 @@ class GlobalPointer(TrainablePipe):
             layer.finish_update(self.head_optimizer if layer is head else sgd)
         self.head_optimizer.step_schedules()
 
-    @contextlib.contextmanager
     def use_params(self, params: Dict):
         """Swap in averaged weights (the training optimizer's, and the head optimizer's own
         when it keeps them) for evaluation and for saving model-best.
+
+        A plain generator, as spaCy's TrainablePipe.use_params is: `Language.use_params`
+        (what `spacy train` calls with the optimizer's averages) advances it with `next()`,
+        once to swap the weights in and once to restore them. It is called only when the
+        training optimizer keeps averages (`use_averages = true`).
 
         thinc's optimizers keep a torch shim's averages under (shim.id, name), while the
         shim's use_params reads "pytorch_{id}_{name}" keys; without this translation the

@@ -74,8 +74,11 @@ def test_head_optimizer_learns_and_round_trips(tmp_path):
     assert losses[-1] < 0.2 * losses[0]
     gp = nlp.get_pipe("global_pointer")
     assert gp.head_optimizer.averages  # kept, and used by use_params (evaluation, model-best)
-    with gp.use_params({}):
-        averaged = gp.predict([nlp.make_doc(EN_DATA[0][0])]).doc(0)
+    # spaCy's protocol: Language.use_params advances each pipe's use_params with next().
+    context = gp.use_params({})
+    next(context)
+    averaged = gp.predict([nlp.make_doc(EN_DATA[0][0])]).doc(0)
+    next(context, None)
     current = gp.predict([nlp.make_doc(EN_DATA[0][0])]).doc(0)
     assert not numpy.allclose(averaged, current)
     nlp.to_disk(tmp_path / "nlp")
@@ -83,3 +86,22 @@ def test_head_optimizer_learns_and_round_trips(tmp_path):
     assert loaded.get_pipe("global_pointer").head_optimizer is not None
     reloaded = loaded.get_pipe("global_pointer").predict([loaded.make_doc(EN_DATA[0][0])]).doc(0)
     numpy.testing.assert_allclose(reloaded, current, rtol=1e-5, atol=1e-5)
+
+
+def test_spacy_train_evaluates_and_saves_the_averaged_weights(tmp_path):
+    """`spacy train` with use_averages = true calls nlp.use_params(optimizer.averages) to
+    evaluate and save model-best: the head's averaged weights are swapped in, then restored."""
+    nlp, gp, examples = _pipeline(None)
+    optimizer = Adam(0.01, use_averages=True)
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer)
+    assert optimizer.averages
+    doc = nlp.make_doc(EN_DATA[0][0])
+    current = gp.predict([doc]).doc(0)
+    with nlp.use_params(optimizer.averages):
+        averaged = gp.predict([doc]).doc(0)
+        nlp.to_disk(tmp_path / "best")
+    assert not numpy.allclose(averaged, current)
+    numpy.testing.assert_array_equal(gp.predict([doc]).doc(0), current)
+    loaded = spacy.load(tmp_path / "best").get_pipe("global_pointer")
+    numpy.testing.assert_allclose(loaded.predict([doc]).doc(0), averaged, rtol=1e-5, atol=1e-5)
