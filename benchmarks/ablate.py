@@ -206,6 +206,10 @@ def summarize(name: str, report: Dict[str, Any]) -> Dict[str, Any]:
         "infer_words_per_second": inference["words_per_second"],
         "head_share_of_inference": component.get("share"), "model_mb": result["model_mb"],
     })
+    tested = (result.get("test") or {}).get("all_gold")
+    if tested:  # compare.py --test: model-best scored once on the test set
+        kinds = tested.get("recall_by_kind") or {}
+        row.update({"test_f": tested["f"], "test_nested_r": kinds.get("nested"), "test_flat_r": kinds.get("flat")})
     return row
 
 
@@ -213,22 +217,29 @@ def format_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> str
     def fmt(value: Optional[float], spec: str, scale: float = 1.0) -> str:
         return "-" if value is None else format(value * scale, spec)
 
+    tested = any("test_f" in row for row in rows)
     lines = [
         "| variant | change | best F | P | R | step of best | min to best | train words/s "
-        "| infer words/s | global_pointer share of inference | model MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| infer words/s | global_pointer share of inference | model MB |"
+        + (" test F | nested / flat recall (test) |" if tested else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if tested else ""),
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append(f"| {row['variant']} | {row['change']} | failed | | | | | | | | |")
+            lines.append(f"| {row['variant']} | {row['change']} | failed | | | | | | | | |" + (" | |" if tested else ""))
             continue
-        lines.append(
+        line = (
             f"| {row['variant']} | {row['change']} | {fmt(row['best_f'], '.2f', 100)} "
             f"| {fmt(row['best_p'], '.2f', 100)} | {fmt(row['best_r'], '.2f', 100)} | {row['best_step']} "
             f"| {fmt(row['minutes_to_best'], '.2f')} | {fmt(row['train_words_per_second'], '.0f')} "
             f"| {fmt(row['infer_words_per_second'], '.0f')} | {fmt(row['head_share_of_inference'], '.1f', 100)}% "
             f"| {fmt(row['model_mb'], '.1f')} |"
         )
+        if tested:
+            nested, flat = row.get("test_nested_r"), row.get("test_flat_r")
+            ratio = nested / flat if nested is not None and flat else None
+            line += f" {fmt(row.get('test_f'), '.2f', 100)} | {fmt(ratio, '.3f')} |"
+        lines.append(line)
     lines.append("")
     lines.append(
         f"Base config {settings['config']}; {settings['max_steps']} steps, evaluation every "

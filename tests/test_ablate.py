@@ -107,6 +107,21 @@ def test_ablate_end_to_end_on_demo_data(tmp_path):
     assert sizes["recommended"] > sizes["no_bigrams"]
 
 
+def test_table_has_test_columns_when_a_variant_was_tested():
+    rows = [
+        {"variant": "recommended", "change": "c", "status": "ok", "best_f": 0.7, "best_p": 0.8, "best_r": 0.6,
+         "best_step": 500, "minutes_to_best": 1.0, "train_words_per_second": 10.0, "infer_words_per_second": 20.0,
+         "head_share_of_inference": 0.1, "model_mb": 1.0, "test_f": 0.65, "test_nested_r": 0.4, "test_flat_r": 0.8},
+        {"variant": "bilstm", "change": "d", "status": "failed"},
+    ]
+    table = ablate.format_markdown(rows, {"config": "c.cfg", "max_steps": 10, "eval_frequency": 5})
+    header, _, tested, failed = table.splitlines()[:4]
+    assert header.endswith("test F | nested / flat recall (test) |")
+    assert tested.endswith("| 65.00 | 0.500 |") and failed.count("|") == header.count("|")
+    untested = ablate.format_markdown(rows[1:], {"config": "c.cfg", "max_steps": 10, "eval_frequency": 5})
+    assert "test F" not in untested
+
+
 def test_unknown_variant_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown"):
         ablate.main(["--out", str(tmp_path), "--variants", "recommended,nope"])
