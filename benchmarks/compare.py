@@ -467,9 +467,6 @@ def infer_main(argv: Sequence[str]) -> int:
     parser.add_argument("dev", type=Path)
     parser.add_argument("result", type=Path)
     parser.add_argument("--spans-key", default="sc")
-    parser.add_argument("--corpus", type=Path, default=None, metavar="DIR",
-                        help="where the prepared train/dev DocBins go (default OUT/corpus); a folder prepared "
-                        "from the same files and settings is reused, so runs can share one")
     parser.add_argument("--use-ents", action="store_true")
     parser.add_argument("--gold-tokens", action="store_true")
     parser.add_argument("--batch-size", type=int, default=1000)
