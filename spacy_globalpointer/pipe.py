@@ -72,6 +72,7 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
         "spans_key": DEFAULT_SPANS_KEY,
         "threshold": DEFAULT_THRESHOLD,
         "thresholds": {},
+        "nested_threshold": None,
         "max_span_length": None,
         "write_ents": False,
         "head_optimizer": None,
@@ -91,6 +92,7 @@ def make_global_pointer(
     write_ents: bool,
     scorer: Optional[Callable],
     head_optimizer: Optional[Optimizer] = None,
+    nested_threshold: Optional[float] = None,
 ) -> "GlobalPointer":
     """Create a GlobalPointer span recognizer.
 
@@ -101,6 +103,9 @@ def make_global_pointer(
         sigmoid(a * s + b)) is above it. 0.5 is the paper's rule s > 0 (the loss puts
         the decision boundary at 0); raise it for precision, lower it for recall.
     thresholds: per-label thresholds, e.g. {"address": 0.3}; `threshold` for the rest.
+    nested_threshold: None (default) or a lower probability threshold for candidates
+        that nest in or around a span predicted by the thresholds above (strictly inside
+        it or containing it): a knob that trades precision for the recall of nested spans.
     max_span_length: spans of more tokens are not candidates. Set it to make time
         and memory grow linearly with doc length; None scores every span.
     write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
@@ -114,6 +119,7 @@ def make_global_pointer(
         spans_key=spans_key,
         threshold=threshold,
         thresholds=thresholds,
+        nested_threshold=nested_threshold,
         max_span_length=max_span_length,
         write_ents=write_ents,
         scorer=scorer,
@@ -187,6 +193,12 @@ def _check_threshold(threshold: Any, name: str = "global_pointer") -> float:
     return _check_probability(threshold, "threshold", f" (component {name!r})")
 
 
+def _check_nested_threshold(value: Any, name: str = "global_pointer") -> Optional[float]:
+    if value is None:
+        return None
+    return _check_probability(value, "nested_threshold", f" (component {name!r}; None turns it off)")
+
+
 def _check_thresholds(thresholds: Any, labels: Sequence[str]) -> Dict[str, float]:
     """Per-label thresholds as a plain dict; ValueError naming the label and value at fault.
 
@@ -247,6 +259,13 @@ def logit_cuts(thresholds: Sequence[float], scales: Sequence[float], biases: Seq
     return (logit_t - numpy.asarray(biases, dtype="float64")) / numpy.asarray(scales, dtype="float64")
 
 
+def cut_bar(cuts: numpy.ndarray, dtype: Any) -> numpy.ndarray:
+    """The cuts in the scores' dtype, clipped to its finite range: what is not a candidate
+    holds the dtype's minimum and never passes, even at threshold 0 (cut -inf)."""
+    limits = numpy.finfo(dtype)
+    return numpy.clip(cuts, limits.min, limits.max).astype(dtype)
+
+
 def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple[numpy.ndarray, ...]:
     """Every candidate span whose logit is above its label's cut, as numpy arrays
     (doc index, label index, start, width - 1, logit), gathered group by group.
@@ -260,10 +279,7 @@ def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple
     for group, ids in zip(scores.groups, scores.doc_ids):
         if not group.size:
             continue
-        # Within the dtype's finite range: what is not a candidate holds the dtype's
-        # minimum and never passes, even at threshold 0 (cut -inf).
-        limits = numpy.finfo(group.dtype)
-        bar = numpy.clip(cuts, limits.min, limits.max).astype(group.dtype)
+        bar = cut_bar(cuts, group.dtype)
         rows, label_ids, starts, offsets = (ops.to_numpy(x) for x in ops.xp.nonzero(above_threshold(group, bar)))
         doc_ids = numpy.asarray(ids)[rows]
         inside = starts + offsets < lengths[doc_ids]
@@ -271,6 +287,28 @@ def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple
         values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
         found.append([doc_ids[inside]] + where[1:] + [values])
     return tuple(numpy.concatenate(column) for column in zip(*found))
+
+
+def keep_nested(found: Tuple[numpy.ndarray, ...], cuts: numpy.ndarray) -> Tuple[numpy.ndarray, ...]:
+    """Of `candidates_above`'s rows (taken at a lower cut), those above `cuts` (the
+    predictions) and those that nest in or around a prediction of their doc: strictly
+    inside it or containing it, whatever the labels. One level: a candidate admitted this
+    way admits no other."""
+    doc_ids, label_ids, starts, offsets, logits = found
+    ends = starts + offsets
+    keep = logits > cut_bar(cuts, logits.dtype)[label_ids]
+    for doc in numpy.unique(doc_ids[~keep]):
+        mine = doc_ids == doc
+        predicted, others = numpy.flatnonzero(mine & keep), numpy.flatnonzero(mine & ~keep)
+        if not predicted.size:
+            continue
+        p_start, p_end = starts[predicted][None, :], ends[predicted][None, :]
+        c_start, c_end = starts[others][:, None], ends[others][:, None]
+        inside = (p_start <= c_start) & (c_end <= p_end)
+        around = (c_start <= p_start) & (p_end <= c_end)
+        same = (p_start == c_start) & (p_end == c_end)
+        keep[others] = ((inside | around) & ~same).any(axis=1)
+    return tuple(column[keep] for column in found)
 
 
 def calibrated_logits(
@@ -353,6 +391,7 @@ class GlobalPointer(TrainablePipe):
         spans_key: str = DEFAULT_SPANS_KEY,
         threshold: float = DEFAULT_THRESHOLD,
         thresholds: Optional[Dict[str, float]] = None,
+        nested_threshold: Optional[float] = None,
         max_span_length: Optional[int] = None,
         write_ents: bool = False,
         scorer: Optional[Callable] = global_pointer_score,
@@ -370,6 +409,7 @@ class GlobalPointer(TrainablePipe):
             "threshold": _check_threshold(threshold, name),
             # Labels are unknown until initialize() or loading, which check these again.
             "thresholds": _check_thresholds(thresholds or {}, []),
+            "nested_threshold": _check_nested_threshold(nested_threshold, name),
             # Per-label Platt scaling {label: {"scale": a, "bias": b}}, set by `calibrate`.
             "calibration": {},
             "max_span_length": _check_max_span_length(max_span_length),
@@ -407,6 +447,15 @@ class GlobalPointer(TrainablePipe):
     @thresholds.setter
     def thresholds(self, value: Mapping[str, float]) -> None:
         self.cfg["thresholds"] = _check_thresholds(value, self.labels)
+
+    @property
+    def nested_threshold(self) -> Optional[float]:
+        """The threshold of candidates nested in or around a prediction (None: off)."""
+        return _check_nested_threshold(self.cfg.get("nested_threshold"), self.name)
+
+    @nested_threshold.setter
+    def nested_threshold(self, value: Optional[float]) -> None:
+        self.cfg["nested_threshold"] = _check_nested_threshold(value, self.name)
 
     @property
     def calibration(self) -> Mapping[str, Mapping[str, float]]:
@@ -552,10 +601,21 @@ class GlobalPointer(TrainablePipe):
 
     def set_annotations(self, docs: Iterable[Doc], scores: SpanScores) -> None:
         """Write every candidate whose probability is above its label's threshold to
-        doc.spans[spans_key], with the probabilities in attrs["scores"]."""
+        doc.spans[spans_key], with the probabilities in attrs["scores"]; with a
+        `nested_threshold`, also the candidates above it that nest in or around one of
+        those (`keep_nested`)."""
         docs = list(docs)
         _check_batch(docs, scores, "set_annotations")
-        doc_ids, label_ids, starts, offsets, logits = candidates_above(self.model.ops, scores, self.decision_cuts())
+        cuts = self.decision_cuts()
+        nested = self.nested_threshold
+        if nested is None:
+            found = candidates_above(self.model.ops, scores, cuts)
+        else:
+            # The nested cut only lowers a label's bar (a nested threshold above a label's
+            # threshold changes nothing for it).
+            nested_cuts = logit_cuts([nested] * len(self.labels), *self.calibration_arrays())
+            found = keep_nested(candidates_above(self.model.ops, scores, numpy.minimum(cuts, nested_cuts)), cuts)
+        doc_ids, label_ids, starts, offsets, logits = found
         # Probabilities in the order of the calibrated logits, which also rank ents
         # (float32 probabilities round to 1.0 above about 17 and would tie).
         ranks = calibrated_logits(logits, label_ids, *self.calibration_arrays())
@@ -761,6 +821,7 @@ class GlobalPointer(TrainablePipe):
         try:
             _check_threshold(self.cfg["threshold"], self.name)
             self.cfg["thresholds"] = _check_thresholds(self.cfg.get("thresholds", {}), self.labels)
+            self.cfg["nested_threshold"] = _check_nested_threshold(self.cfg.get("nested_threshold"), self.name)
             self.cfg["calibration"] = _check_calibration(self.cfg.get("calibration", {}), self.labels)
         except ValueError as err:
             raise ValueError(f"{err} (in the cfg read from {where})") from err

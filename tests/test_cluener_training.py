@@ -16,10 +16,11 @@ from .conftest import CONFIGS, shared_data_dir
 
 STEPS = 300
 BATCH_SIZE = 32
-# Measured with configs/cpu.cfg (character bigrams, head_size 32, max_span_length = 20), seed 0,
-# 300 steps of 32 docs, about 2 CPU minutes: 52.91 dev F1 (47.64 before the bigram features). At
+# Measured with configs/cpu.cfg (SoftLexicon, character bigrams, one attention layer, parameter
+# averaging, head_size 32, max_span_length = 20), seed 0, 300 steps of 32 docs, about 5 CPU minutes:
+# 56.09 dev F1 (52.91 with the CNN-only tok2vec before it, 47.64 before the bigram features). At
 # 300 steps the curve is steep and runs differ by a few points between seeds, hence the margin.
-F1_FLOOR = 0.48
+F1_FLOOR = 0.51
 
 
 def cluener_examples(nlp, split):
@@ -42,7 +43,9 @@ def train_and_score(overrides, steps=STEPS):
     for _ in range(steps):
         batch = rng.sample(train, BATCH_SIZE)
         nlp.update(batch, sgd=optimizer, drop=0.1)
-    return nlp.evaluate(dev)["spans_sc_f"]
+    # As `spacy train` does: score the averaged weights when the optimizer keeps them.
+    with nlp.use_params(optimizer.averages):
+        return nlp.evaluate(dev)["spans_sc_f"]
 
 
 @pytest.mark.slow

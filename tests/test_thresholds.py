@@ -141,6 +141,80 @@ def test_per_label_thresholds_and_calibration_decide_on_the_probability():
     assert {s.label_ for doc in docs for s in doc.spans["sc"]} == {"A", "B"}
 
 
+def test_nested_threshold_admits_only_candidates_nested_in_or_around_a_prediction():
+    nlp, pipe = _synthetic_pipe(threshold=0.5, nested_threshold=0.2, max_span_length=5)
+    logit = math.log(0.3 / 0.7)  # p = 0.3: between the two thresholds
+    scores = numpy.full((2, 2, 5, 5), -20.0, dtype="float32")
+    scores[0, 0, 1, 2] = 3.0  # A [1, 4): predicted
+    scores[0, 1, 2, 0] = logit  # B [2, 3): inside it, another label: admitted
+    scores[0, 0, 0, 4] = logit  # A [0, 5): around it: admitted
+    scores[0, 1, 1, 2] = logit  # B [1, 4): the same boundaries: not nested
+    scores[0, 0, 3, 1] = logit  # A [3, 5): crosses it: not admitted
+    scores[1, 0, 0, 0] = logit  # doc 2 has no prediction to nest in
+    scores[1, 1, 0, 1] = 0.1 * logit  # p about 0.48: still below 0.5
+    docs = _decode(nlp, pipe, scores)
+    assert span_tuples(docs[0].spans["sc"]) == [(0, 5, "A"), (1, 4, "A"), (2, 3, "B")]
+    assert docs[0].spans["sc"].attrs["scores"].tolist() == pytest.approx([0.3, sigmoid(3.0), 0.3], rel=1e-6)
+    assert span_tuples(docs[1].spans["sc"]) == []
+    for off in (None, 0.35):  # off, and above the candidates' 0.3
+        pipe.nested_threshold = off
+        docs = _decode(nlp, pipe, scores)
+        assert span_tuples(docs[0].spans["sc"]) == [(1, 4, "A")]
+
+
+def test_nested_threshold_matches_a_brute_force_decode():
+    nlp, pipe = _synthetic_pipe(threshold=0.6, thresholds={"A": 0.7}, nested_threshold=0.3)
+    pipe.calibration = {"B": {"scale": 0.5, "bias": 0.5}}
+    scores = numpy.random.default_rng(3).normal(size=(2, 2, 5, 3)).astype("float32") * 2
+    docs = _decode(nlp, pipe, scores)
+    params = {"A": (1.0, 0.0, 0.7), "B": (0.5, 0.5, 0.6)}
+    n_admitted = 0
+    for b, doc in enumerate(docs):
+        probability = {
+            (i, i + d + 1, label): sigmoid(params[label][0] * float(scores[b, a, i, d]) + params[label][1])
+            for a, label in enumerate(pipe.labels) for i in range(len(doc)) for d in range(min(3, len(doc) - i))
+        }
+        predicted = {span for span, p in probability.items() if p > params[span[2]][2]}
+        nested = {
+            (i, j, label) for (i, j, label), p in probability.items()
+            if 0.3 < p <= params[label][2]
+            and any((k <= i and j <= l or i <= k and l <= j) and (k, l) != (i, j) for k, l, _ in predicted)
+        }
+        n_admitted += len(nested)
+        assert span_tuples(doc.spans["sc"]) == sorted(predicted | nested)
+    assert n_admitted > 0
+
+
+def test_nested_threshold_is_checked_saved_and_swept_by_find_threshold(half_trained, tmp_path):
+    nlp, examples = half_trained
+    pipe = nlp.get_pipe("global_pointer")
+    with pytest.raises(ValueError, match=r"nested_threshold must be a probability in \[0, 1\], got 1.5"):
+        pipe.nested_threshold = 1.5
+    assert pipe.nested_threshold is None
+    dev = [eg.reference for eg in examples]
+    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
+    pipe.threshold = 0.95  # strict, so that recall has room to grow
+    try:
+        strict_recall = score(nlp, dev)["spans_sc_r"]
+        pipe.nested_threshold = 0.1
+        expected = [span_tuples(d.spans["sc"]) for d in nlp.pipe(TEXTS)]
+        nlp.to_disk(tmp_path / "pipeline")
+        pipe.nested_threshold = None
+        assert expected != predictions(nlp, TEXTS)
+    finally:
+        pipe.threshold, pipe.nested_threshold = 0.5, None
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.get_pipe("global_pointer").nested_threshold == 0.1
+    assert [span_tuples(d.spans["sc"]) for d in loaded.pipe(TEXTS)] == expected
+    _, _, swept = find_threshold(
+        str(tmp_path / "pipeline"), tmp_path / "dev.spacy", "global_pointer", "nested_threshold", "spans_sc_r"
+    )
+    # Recall can only grow as the nested threshold falls; at or above 0.95 it changes nothing.
+    recalls = [swept[t] for t in sorted(swept)]
+    assert all(a >= b for a, b in zip(recalls, recalls[1:]))
+    assert recalls[0] > recalls[-1] == pytest.approx(strict_recall)
+
+
 def test_threshold_half_is_the_old_logit_zero_rule(half_trained):
     nlp, _ = half_trained
     pipe = nlp.get_pipe("global_pointer")
