@@ -24,8 +24,17 @@ import compare  # benchmarks/compare.py; this script's folder is first on sys.pa
 Config = Dict[str, Any]
 
 
+SOFT_LEXICON = "spacy-globalpointer.SoftLexiconEmbed.v1"
+
+
 def _embed(config: Config) -> Config:
     return config["components"]["tok2vec"]["model"]["embed"]
+
+
+def _hash_embed(config: Config) -> Config:
+    """The hashed token embedding: the embed itself, or the one SoftLexicon wraps."""
+    embed = _embed(config)
+    return embed["embed"] if embed.get("@architectures") == SOFT_LEXICON else embed
 
 
 def _encode(config: Config) -> Config:
@@ -37,7 +46,7 @@ def _gp_model(config: Config) -> Config:
 
 
 def no_ngrams(config: Config) -> None:
-    embed = _embed(config)
+    embed = _hash_embed(config)
     if embed.get("@architectures") != "spacy-globalpointer.NgramHashEmbed.v1":
         raise ValueError("no_bigrams needs a base config whose embed is NgramHashEmbed.v1")
     embed.update({"@architectures": "spacy.MultiHashEmbed.v2", "include_static_vectors": False})
@@ -60,13 +69,22 @@ def bilstm(config: Config) -> None:
 
 def character_embed(config: Config) -> None:
     """spaCy's CharacterEmbed.v2: the first and last 4 characters of each word, plus its NORM."""
-    embed = _embed(config)
+    embed = _hash_embed(config)
     width = embed.get("width", _encode(config).get("width", 96))
     embed.clear()
     embed.update({
         "@architectures": "spacy.CharacterEmbed.v2", "width": width, "rows": 7000, "nM": 64, "nC": 8,
         "include_static_vectors": False,
     })
+
+
+def no_attention(config: Config) -> None:
+    """The CNN alone: CNNAttentionEncoder.v1 back to spaCy's MaxoutWindowEncoder.v2."""
+    encode = _encode(config)
+    if encode.get("@architectures") == "spacy-globalpointer.CNNAttentionEncoder.v1":
+        for key in ("attention_depth", "attention_heads", "attention_window"):
+            encode.pop(key, None)
+        encode["@architectures"] = "spacy.MaxoutWindowEncoder.v2"
 
 
 def attention(depth: int) -> Callable[[Config], None]:
@@ -104,6 +122,8 @@ def soft_lexicon(config: Config) -> None:
     """SoftLexicon (Ma et al. 2020): jieba's dictionary words each token begins, continues, ends or is,
     four set vectors of 32 concatenated to the base embedding (spacy-globalpointer.SoftLexiconEmbed.v1)."""
     tok2vec = config["components"]["tok2vec"]["model"]
+    if tok2vec["embed"].get("@architectures") == SOFT_LEXICON:
+        return  # already there: make_variant refuses a variant that changes nothing
     base = copy.deepcopy(tok2vec["embed"])
     tok2vec["embed"] = {
         "@architectures": "spacy-globalpointer.SoftLexiconEmbed.v1",
@@ -111,6 +131,12 @@ def soft_lexicon(config: Config) -> None:
         "lexicon_width": 32, "lexicon_rows": 50000, "max_word_length": 8, "weighting": "log",
         "embed": base, "lexicon": {"@misc": "spacy-globalpointer.jieba_lexicon.v1"},
     }
+
+
+def no_soft_lexicon(config: Config) -> None:
+    """The embedding SoftLexicon wraps, alone."""
+    tok2vec = config["components"]["tok2vec"]["model"]
+    tok2vec["embed"] = copy.deepcopy(_hash_embed(config))
 
 
 def pretrained_tok2vec(config: Config) -> None:
@@ -123,7 +149,7 @@ def pretrained_tok2vec(config: Config) -> None:
 VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "recommended": ("the base config unchanged", lambda config: None),
     "no_bigrams": ("spaCy's MultiHashEmbed: no character bigrams", no_ngrams),
-    "bigrams_trigrams": ("n-grams of 2 and 3 tokens", setter(_embed, ngram_sizes=[2, 3])),
+    "bigrams_trigrams": ("n-grams of 2 and 3 tokens", setter(_hash_embed, ngram_sizes=[2, 3])),
     "head_size_64": ("head_size 64", setter(_gp_model, head_size=64)),
     "no_rope": ("no rotary position embedding", setter(_gp_model, rope=False)),
     "efficient": (
@@ -138,6 +164,7 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "head_size_32": ("head_size 32", setter(_gp_model, head_size=32)),
     "cnn_attention_1": ("the CNN plus 1 self-attention layer (RoPE, 4 heads, window 64)", attention(1)),
     "cnn_attention_2": ("the CNN plus 2 self-attention layers (RoPE, 4 heads, window 64)", attention(2)),
+    "no_attention": ("the CNN alone, without its self-attention layers", no_attention),
     "bilstm": ("TorchBiLSTMEncoder width 128, depth 2", bilstm),
     "lr_2e-3": ("learn_rate 0.002", training(learn_rate=0.002)),
     "lr_warmup_linear": (
@@ -149,9 +176,11 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
         "parameter averaging (optimizer use_averages: the averaged weights are evaluated and saved)",
         training(use_averages=True),
     ),
+    "no_averages": ("no parameter averaging (optimizer use_averages false)", training(use_averages=False)),
     "dropout_0.2": ("training dropout 0.2", dropout(0.2)),
     "dropout_0.3": ("training dropout 0.3", dropout(0.3)),
     "soft_lexicon": ("SoftLexicon: jieba dictionary words (B/M/E/S sets, 4 x 32) added to the embedding", soft_lexicon),
+    "no_soft_lexicon": ("without SoftLexicon: the hashed embedding alone", no_soft_lexicon),
     "soft_lexicon_attention_1": (
         "SoftLexicon and 1 self-attention layer",
         both(soft_lexicon, attention(1)),

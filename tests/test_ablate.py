@@ -29,8 +29,12 @@ def _load_ablate():
 ablate = _load_ablate()
 
 
-# Variants that change nothing in cpu.cfg (whose head_size is already 32) are checked on cpu_en.cfg.
-BASE_CONFIGS = {"head_size_32": "cpu_en.cfg"}
+# Variants that change nothing in cpu.cfg (head_size 32, SoftLexicon, one attention layer and
+# parameter averaging are already there) are checked on cpu_en.cfg, which has none of them.
+BASE_CONFIGS = {
+    name: "cpu_en.cfg"
+    for name in ("head_size_32", "soft_lexicon", "cnn_attention_1", "soft_lexicon_attention_1", "averages")
+}
 
 
 @pytest.mark.parametrize("name", list(ablate.VARIANTS))
@@ -49,7 +53,7 @@ def test_each_variant_builds_a_pipeline_and_changes_only_its_part(name):
     changed = {
         section for section in ("components", "training", "nlp", "corpora") if config[section] != base[section]
     }
-    training_only = name.startswith(("lr_", "dropout_")) or name == "averages"
+    training_only = name.startswith(("lr_", "dropout_")) or name in ("averages", "no_averages")
     assert changed == (set() if name in ("recommended", "pretrained_tok2vec") else {"training"} if training_only else {"components"})
     # The base config is not touched by building a variant.
     assert base == load_config(CONFIGS / base_name, interpolate=False)
@@ -61,7 +65,7 @@ def test_a_variant_that_changes_nothing_is_refused():
 
 
 def test_a_combined_variant_applies_its_parts_in_order():
-    base = load_config(CONFIGS / "cpu.cfg", interpolate=False)
+    base = load_config(CONFIGS / "cpu_en.cfg", interpolate=False)
     config = ablate.make_variant(base, "cnn_attention_1+averages")
     assert config["components"]["tok2vec"] == ablate.make_variant(base, "cnn_attention_1")["components"]["tok2vec"]
     assert config["training"]["optimizer"]["use_averages"] is True
@@ -74,8 +78,23 @@ def test_a_combined_variant_applies_its_parts_in_order():
 def test_no_bigrams_is_spacy_multihashembed():
     config = ablate.make_variant(load_config(CONFIGS / "cpu.cfg", interpolate=False), "no_bigrams")
     embed = config["components"]["tok2vec"]["model"]["embed"]
-    assert embed["@architectures"] == "spacy.MultiHashEmbed.v2"
-    assert not any(key.startswith("ngram") for key in embed)
+    assert embed["@architectures"] == ablate.SOFT_LEXICON  # the lexicon stays; what it wraps changes
+    assert embed["embed"]["@architectures"] == "spacy.MultiHashEmbed.v2"
+    assert not any(key.startswith("ngram") for key in embed["embed"])
+
+
+def test_the_shipped_config_ablates_back_to_the_cnn_of_cpu_en():
+    """no_soft_lexicon, no_attention and no_averages undo what cpu.cfg adds to cpu_en.cfg's model."""
+    config = ablate.make_variant(
+        load_config(CONFIGS / "cpu.cfg", interpolate=False), "no_soft_lexicon+no_attention+no_averages"
+    )
+    english = load_config(CONFIGS / "cpu_en.cfg", interpolate=False)
+    assert config["components"]["tok2vec"]["model"]["encode"] == english["components"]["tok2vec"]["model"]["encode"]
+    assert config["components"]["tok2vec"]["model"]["embed"]["@architectures"] == "spacy-globalpointer.NgramHashEmbed.v1"
+    assert config["training"]["optimizer"] == english["training"]["optimizer"]
+    for name in ("soft_lexicon", "cnn_attention_1", "averages"):
+        with pytest.raises(ValueError, match=f"'{name}' .* changes nothing"):
+            ablate.make_variant(load_config(CONFIGS / "cpu.cfg", interpolate=False), name)
 
 
 def test_ablate_end_to_end_on_demo_data(tmp_path):
