@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--table", help="markdown file to write")
     evaluate.add_argument("--gold-tokens", action="store_true",
                           help="predict on the data's own tokens (data converted with its own tokens, e.g. GENIA)")
+    evaluate.add_argument("--threshold", type=float, help="decide with this threshold instead of the saved one")
+    evaluate.add_argument("--nested-threshold", type=float,
+                          help="decide with this nested_threshold instead of the saved one (candidates nested in or "
+                               "around a prediction)")
 
     visualize = commands.add_parser("visualize", help="render predicted spans with displacy to an HTML page")
     visualize.add_argument("model", help="a trained pipeline folder or package name")
@@ -213,7 +217,8 @@ def _run_raw_text(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
-    result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table, gold_tokens=args.gold_tokens)
+    result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table, gold_tokens=args.gold_tokens,
+                      threshold=args.threshold, nested_threshold=args.nested_threshold)
     print(format_table(result))
     return 0
 

@@ -13,11 +13,15 @@ from .scoring import KINDS
 PathLike = Union[str, Path]
 
 
-def _find_spans_key(nlp) -> str:
+def _find_component(nlp):
     for name, pipe in nlp.pipeline:
         if getattr(pipe, "key", None) and hasattr(pipe, "threshold"):
-            return pipe.key
+            return pipe
     raise ValueError(f"The pipeline {nlp.pipe_names} has no global_pointer component.")
+
+
+def _find_spans_key(nlp) -> str:
+    return _find_component(nlp).key
 
 
 def evaluate(
@@ -28,6 +32,8 @@ def evaluate(
     output_md: Optional[PathLike] = None,
     batch_size: int = 256,
     gold_tokens: bool = False,
+    threshold: Optional[float] = None,
+    nested_threshold: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Score `model` on the gold spans in `data` with spaCy's Scorer.
 
@@ -35,9 +41,15 @@ def evaluate(
     of nested, flat, inner, outer (and long) gold spans, and writes them as JSON and as
     a markdown table when paths are given. gold_tokens: predict on the data's own tokens
     (for data converted with its own tokens, such as GENIA) instead of the tokenizer's.
+    threshold, nested_threshold: decide with these instead of the saved ones (None: as saved).
     """
     nlp = spacy.load(model)
-    key = _find_spans_key(nlp)
+    component = _find_component(nlp)
+    key = component.key
+    if threshold is not None:
+        component.threshold = threshold
+    if nested_threshold is not None:
+        component.nested_threshold = nested_threshold
     gold = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     if not gold:
         raise ValueError(f"{data} holds no docs to evaluate on.")
@@ -47,6 +59,8 @@ def evaluate(
         "model": str(model),
         "data": str(data),
         "spans_key": key,
+        "threshold": component.threshold,
+        "nested_threshold": getattr(component, "nested_threshold", None),
         "n_docs": len(gold),
         "n_gold_spans": sum(len(doc.spans.get(key, [])) for doc in gold),
         "p": scores[f"spans_{key}_p"],

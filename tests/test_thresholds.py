@@ -215,6 +215,24 @@ def test_nested_threshold_is_checked_saved_and_swept_by_find_threshold(half_trai
     assert recalls[0] > recalls[-1] == pytest.approx(strict_recall)
 
 
+def test_evaluate_command_decides_with_the_thresholds_it_is_given(saved, tmp_path, capsys):
+    def evaluate(*options):
+        out = tmp_path / f"eval{len(options)}.json"
+        assert main(["evaluate", str(saved / "pipeline"), str(saved / "dev.spacy"), "--output", str(out), *options]) == 0
+        return srsly.read_json(out)
+
+    as_saved, strict = evaluate(), evaluate("--threshold", "0.95")
+    nested = evaluate("--threshold", "0.95", "--nested-threshold", "0.0")
+    assert (as_saved["threshold"], as_saved["nested_threshold"]) == (0.5, None)
+    assert (nested["threshold"], nested["nested_threshold"]) == pytest.approx((0.95, 0.0))  # srsly rounds floats
+    assert strict["r"] < as_saved["r"]
+    assert nested["r"] > strict["r"] and nested["p"] < strict["p"]
+    again = evaluate()  # nothing was saved
+    assert {k: v for k, v in again.items() if k != "words_per_second"} == {
+        k: v for k, v in as_saved.items() if k != "words_per_second"
+    }
+
+
 def test_threshold_half_is_the_old_logit_zero_rule(half_trained):
     nlp, _ = half_trained
     pipe = nlp.get_pipe("global_pointer")
