@@ -18,6 +18,11 @@ the same files is reused), one folder per system (`config.cfg`, `train.log`,
 `train_log.jsonl`, `training/model-best`, `inference.json`, `result.json`), and
 `compare.json`, `compare.md` and `compare.png` (dev F1 against training minutes).
 
+A run that must end early (a time budget) can be stopped by a signal to its `spacy train`
+(`pkill -f 'spacy train OUT/SYSTEM/config.cfg'`): that system is timed and scored with its best
+model so far and marked stopped in the report, and the next system starts. A run recorded as
+failed that way by an older version of this script is finished the same way by `--reuse`.
+
 Timings: each training and each inference measurement runs in its own subprocess with one
 thread (OMP/MKL/OpenBLAS and torch); its peak RSS comes from `os.wait4`. Train words/s is
 words seen / seconds at the last evaluation, evaluation and checkpointing included (spaCy's
@@ -38,7 +43,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -644,8 +649,9 @@ def format_markdown(report: Dict[str, Any]) -> str:
             continue
         best, train, inf = s["best"], s["train"], s["inference"]
         ratio = inf["words_per_second"] / ner_wps if ner_wps else None
+        mark = " (stopped)" if s.get("stopped") else ""
         lines.append(
-            f"| {name} | {_fmt(best['f'], scale=100)} | {_fmt(best['p'], scale=100)} | {_fmt(best['r'], scale=100)} "
+            f"| {name}{mark} | {_fmt(best['f'], scale=100)} | {_fmt(best['p'], scale=100)} | {_fmt(best['r'], scale=100)} "
             f"| {best['step']} | {_fmt(best['minutes'])} | {_fmt(train['words_per_second'], '.0f')} "
             f"| {_fmt(inf['words_per_second'], '.0f')} | {_fmt(ratio)} | {_fmt(train['peak_rss_mb'], '.0f')} "
             f"| {_fmt(inf['peak_rss_mb'], '.0f')} | {_fmt(s['model_mb'], '.1f')} |"
@@ -706,6 +712,12 @@ def format_markdown(report: Dict[str, Any]) -> str:
                 best = max(sweep, key=lambda row: row["f"])
                 lines += ["", f"{name}: span_finder threshold on dev (trained at {SPAN_FINDER_THRESHOLD}): {cells}; "
                           f"best {best['threshold']} (F {_fmt(best['f'], scale=100)})."]
+    for name, s in ok.items():
+        if s.get("stopped"):
+            stop = s["stopped"]
+            lines += ["", f"{name} (stopped): its training was stopped by signal {stop['signal']} after step "
+                      f"{stop['last_step']} ({_fmt(stop['minutes'], '.1f')} min), before its patience or step budget "
+                      "ran out; its figures are those of its best evaluation so far."]
     tested = {name: s["test"] for name, s in ok.items() if "all_gold" in (s.get("test") or {})}
     if tested:
         lines += format_test(tested)
@@ -823,15 +835,37 @@ def run_system(
            "--code", str(LOGGER_CODE)]
     print(f"[{system}] training: {shlex.join(cmd)}", flush=True)
     train = run_measured(cmd, folder / "train.log", threads)
-    records = read_log(log_path)
-    summary = summarize_log(records, prefix)
+    return finish_system(system, folder, result, train, python=python, threads=threads, dev=dev,
+                         spans_key=spans_key, repeats=repeats, gold_tokens=gold_tokens)
+
+
+def was_stopped(train: Dict[str, Any]) -> bool:
+    """spacy train ended by a signal (Ctrl-C, kill, a job's time limit), not by an error."""
+    return train.get("returncode", 0) < 0
+
+
+def finish_system(
+    system: str, folder: Path, result: Dict[str, Any], train: Dict[str, Any], *, python: str, threads: int,
+    dev: str, spans_key: str, repeats: int, gold_tokens: bool,
+) -> Dict[str, Any]:
+    """Read the training log, then time and score model-best. A run stopped by a signal keeps
+    what it learned: it is reported with its best evaluation so far and marked `stopped`."""
+    component = result["component"]
+    records = read_log(folder / "train_log.jsonl")
+    summary = summarize_log(records, result["score_prefix"])
     result["train"] = {**train, **summary.pop("throughput", {})}
     result.update(summary)
+    result.pop("error", None)
     model = folder / "training" / "model-best"
-    if train["returncode"] != 0 or not records or not model.is_dir():
+    if train["returncode"] != 0 and not (was_stopped(train) and records and model.is_dir()):
         result["error"] = f"spacy train exited with {train['returncode']}; see {folder / 'train.log'}"
         print(f"[{system}] FAILED\n{_tail(folder / 'train.log')}", flush=True)
         return result
+    if train["returncode"] != 0:
+        result["stopped"] = {"signal": -train["returncode"], "last_step": records[-1]["step"],
+                             "minutes": records[-1]["elapsed"] / 60}
+        print(f"[{system}] stopped by signal {-train['returncode']} after step {records[-1]['step']}: "
+              "reporting its best evaluation so far", flush=True)
     result["model_mb"] = _dir_mb(model)
     inference = run_inference(system, folder, dev, "inference", python=python, threads=threads,
                               spans_key=spans_key, repeats=repeats, gold_tokens=gold_tokens)
@@ -883,8 +917,10 @@ def run_test(system: str, result: Dict[str, Any], out: Path, test: Path, **kwarg
 TASK_COMPONENTS = {"span_finder": "spancat"}
 
 
-def _finished(system: str, out: Path, others: Sequence[Path]) -> Optional[Dict[str, Any]]:
-    """A system's finished result from OUT or one of the joined output folders (copied into OUT)."""
+def _finished(system: str, out: Path, others: Sequence[Path], finish: Optional[Callable] = None) -> Optional[Dict[str, Any]]:
+    """A system's finished result from OUT or one of the joined output folders (copied into OUT).
+    A run whose training was stopped by a signal, which an older run of this script recorded as
+    failed, is finished with `finish(folder, result)` (its best so far, marked stopped)."""
     import shutil
 
     for folder in [out] + [Path(o).resolve() for o in others]:
@@ -892,6 +928,15 @@ def _finished(system: str, out: Path, others: Sequence[Path]) -> Optional[Dict[s
         if not previous.exists():
             continue
         result = json.loads(previous.read_text(encoding="utf8"))
+        if result.get("status") != "ok" and finish is not None and was_stopped(result.get("train", {})):
+            if folder != out:
+                shutil.copytree(folder / system, out / system, dirs_exist_ok=True)
+            print(f"{system}: finishing {previous}, whose training was stopped", flush=True)
+            train = {k: result["train"][k] for k in ("returncode", "wall_seconds", "peak_rss_mb")}
+            result = finish(out / system, result, train)
+            if result.get("status") == "ok":
+                return result
+            continue
         if result.get("status") != "ok":
             continue
         if folder != out:
@@ -943,7 +988,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed inference passes (median)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     parser.add_argument("--reuse", action="store_true",
-                        help="take a system's finished OUT/SYSTEM/result.json instead of training it again")
+                        help="take a system's finished OUT/SYSTEM/result.json instead of training it again; "
+                             "a system whose training was stopped by a signal (Ctrl-C, kill, a time limit) is "
+                             "timed and scored with its best model so far, and marked stopped")
     parser.add_argument("--join", type=Path, action="append", default=[], metavar="OTHER_OUT",
                         help="take finished systems from another run's output folder (e.g. a parallel lane "
                         "with --systems spancat); repeatable; implies --reuse")
@@ -1025,8 +1072,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "data": data,
         "systems": {},
     }
+    def finish(folder: Path, result: Dict[str, Any], train: Dict[str, Any]) -> Dict[str, Any]:
+        return finish_system(folder.name, folder, result, train, python=args.python, threads=args.threads,
+                             dev=data["paths"]["dev"], spans_key=args.spans_key, repeats=args.repeats,
+                             gold_tokens=args.gold_tokens)
+
     for system in systems:
-        result = _finished(system, out, args.join) if (args.reuse or args.join) else None
+        result = _finished(system, out, args.join, finish) if (args.reuse or args.join) else None
         if result is None:
             result = train_system(system, base, args, data, out, seed, max_size, gp_name)
         if args.test and result.get("status") == "ok" and (result.get("test") or {}).get("path") != str(args.test):

@@ -7,6 +7,7 @@ trains and reports the score its model-best is chosen by.
 import importlib.util
 import itertools
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -327,3 +328,32 @@ def test_reuse_adds_a_test_score_without_training_again(demo_run, tmp_path):
     # Scored on the dev docs, model-best gives the dev F it was chosen by.
     assert saved["test"]["path"] == str(root / "dev.spacy")
     assert saved["test"]["all_gold"]["f"] == pytest.approx(saved["best"]["f"], abs=1e-6)
+
+
+def test_a_stopped_run_is_reported_with_its_best_so_far(demo_run, tmp_path):
+    """A training run ended by a signal (a time budget) keeps what it learned; an error does not."""
+    assert compare.was_stopped({"returncode": -15}) and not compare.was_stopped({"returncode": 1})
+    out, _ = demo_run
+    root = out.parent
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out / "global_pointer", stopped / "global_pointer")
+    saved = json.loads((stopped / "global_pointer" / "result.json").read_text(encoding="utf8"))
+    best = saved["best"]
+    # As an older compare.py recorded a run killed by SIGTERM: failed, no inference.
+    for key in ("inference", "test", "model_mb"):
+        saved.pop(key, None)
+    saved.update({"status": "failed", "error": "spacy train exited with -15"})
+    saved["train"]["returncode"] = -15
+    (stopped / "global_pointer" / "result.json").write_text(json.dumps(saved), encoding="utf8")
+    cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
+           "--config", str(CONFIGS / "cpu.cfg"), "--out", str(stopped), "--systems", "global_pointer",
+           "--reuse", "--repeats", "1"] + NARROW
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "whose training was stopped" in result.stdout and "[global_pointer] training" not in result.stdout
+    finished = json.loads((stopped / "global_pointer" / "result.json").read_text(encoding="utf8"))
+    assert finished["status"] == "ok" and "error" not in finished
+    assert finished["stopped"]["signal"] == 15 and finished["stopped"]["last_step"] == finished["last"]["step"]
+    assert finished["best"] == best and finished["inference"]["words_per_second"] > 0
+    table = (stopped / "compare.md").read_text(encoding="utf8")
+    assert "| global_pointer (stopped) |" in table and "stopped by signal 15" in table
