@@ -126,7 +126,7 @@ def soft_lexicon(config: Config) -> None:
         return  # already there: make_variant refuses a variant that changes nothing
     base = copy.deepcopy(tok2vec["embed"])
     tok2vec["embed"] = {
-        "@architectures": "spacy-globalpointer.SoftLexiconEmbed.v1",
+        "@architectures": SOFT_LEXICON,
         "width": base.get("width", _encode(config).get("width", 96)),
         "lexicon_width": 32, "lexicon_rows": 50000, "max_word_length": 8, "weighting": "log",
         "embed": base, "lexicon": {"@misc": "spacy-globalpointer.jieba_lexicon.v1"},

@@ -861,7 +861,7 @@ def finish_system(
         result["error"] = f"spacy train exited with {train['returncode']}; see {folder / 'train.log'}"
         print(f"[{system}] FAILED\n{_tail(folder / 'train.log')}", flush=True)
         return result
-    if train["returncode"] != 0:
+    if was_stopped(train):
         result["stopped"] = {"signal": -train["returncode"], "last_step": records[-1]["step"],
                              "minutes": records[-1]["elapsed"] / 60}
         print(f"[{system}] stopped by signal {-train['returncode']} after step {records[-1]['step']}: "

@@ -297,10 +297,12 @@ def keep_nested(found: Tuple[numpy.ndarray, ...], cuts: numpy.ndarray) -> Tuple[
     doc_ids, label_ids, starts, offsets, logits = found
     ends = starts + offsets
     keep = logits > cut_bar(cuts, logits.dtype)[label_ids]
-    for doc in numpy.unique(doc_ids[~keep]):
-        mine = doc_ids == doc
-        predicted, others = numpy.flatnonzero(mine & keep), numpy.flatnonzero(mine & ~keep)
-        if not predicted.size:
+    # The rows of each doc, from one sort (not a scan of every row for each doc).
+    order = numpy.argsort(doc_ids, kind="stable")
+    sorted_ids = doc_ids[order]
+    for mine in numpy.split(order, numpy.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1):
+        predicted, others = mine[keep[mine]], mine[~keep[mine]]
+        if not predicted.size or not others.size:
             continue
         p_start, p_end = starts[predicted][None, :], ends[predicted][None, :]
         c_start, c_end = starts[others][:, None], ends[others][:, None]
@@ -607,18 +609,19 @@ class GlobalPointer(TrainablePipe):
         docs = list(docs)
         _check_batch(docs, scores, "set_annotations")
         cuts = self.decision_cuts()
+        calibration = self.calibration_arrays()
         nested = self.nested_threshold
         if nested is None:
             found = candidates_above(self.model.ops, scores, cuts)
         else:
             # The nested cut only lowers a label's bar (a nested threshold above a label's
             # threshold changes nothing for it).
-            nested_cuts = logit_cuts([nested] * len(self.labels), *self.calibration_arrays())
+            nested_cuts = logit_cuts([nested] * len(self.labels), *calibration)
             found = keep_nested(candidates_above(self.model.ops, scores, numpy.minimum(cuts, nested_cuts)), cuts)
         doc_ids, label_ids, starts, offsets, logits = found
         # Probabilities in the order of the calibrated logits, which also rank ents
         # (float32 probabilities round to 1.0 above about 17 and would tie).
-        ranks = calibrated_logits(logits, label_ids, *self.calibration_arrays())
+        ranks = calibrated_logits(logits, label_ids, *calibration)
         probabilities = sigmoid(ranks)
         # One sort for the whole batch: by doc, then start, end and label.
         order = numpy.lexsort((label_ids, starts + offsets, starts, doc_ids))
