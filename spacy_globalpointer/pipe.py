@@ -75,7 +75,6 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
         "nested_threshold": None,
         "max_span_length": None,
         "write_ents": False,
-        "inner_channel": False,
         "head_optimizer": None,
         "model": DEFAULT_MODEL,
         "scorer": {"@scorers": "spacy-globalpointer.scorer.v1"},
@@ -94,7 +93,6 @@ def make_global_pointer(
     scorer: Optional[Callable],
     head_optimizer: Optional[Optimizer] = None,
     nested_threshold: Optional[float] = None,
-    inner_channel: bool = False,
 ) -> "GlobalPointer":
     """Create a GlobalPointer span recognizer.
 
@@ -111,9 +109,6 @@ def make_global_pointer(
     max_span_length: spans of more tokens are not candidates. Set it to make time
         and memory grow linearly with doc length; None scores every span.
     write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
-    inner_channel: learn the gold spans that lie strictly inside another gold span with
-        scores of their own (a second q/k per label: the model's nO is twice the labels);
-        a candidate's score is the larger of its two. Off by default.
     head_optimizer: an optimizer of the head's own (e.g. Adam at 1e-3 while a transformer
         fine-tunes at 2e-5); None updates the head with the training optimizer.
     """
@@ -129,7 +124,6 @@ def make_global_pointer(
         write_ents=write_ents,
         scorer=scorer,
         head_optimizer=head_optimizer,
-        inner_channel=inner_channel,
     )
 
 
@@ -404,7 +398,6 @@ class GlobalPointer(TrainablePipe):
         write_ents: bool = False,
         scorer: Optional[Callable] = global_pointer_score,
         head_optimizer: Optional[Optimizer] = None,
-        inner_channel: bool = False,
     ) -> None:
         if not isinstance(spans_key, str) or not spans_key:
             raise ValueError(f"global_pointer: spans_key must be a non-empty string, got {spans_key!r}.")
@@ -423,7 +416,6 @@ class GlobalPointer(TrainablePipe):
             "calibration": {},
             "max_span_length": _check_max_span_length(max_span_length),
             "write_ents": bool(write_ents),
-            "inner_channel": _check_inner_channel(inner_channel, name),
             "score_scale": SCORE_SCALE,
         }
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
@@ -507,15 +499,6 @@ class GlobalPointer(TrainablePipe):
         return logit_cuts(thresholds, *self.calibration_arrays())
 
     @property
-    def inner_channel(self) -> bool:
-        return bool(self.cfg.get("inner_channel", False))
-
-    @property
-    def n_channels(self) -> int:
-        """The model's nO: one score per label, two with `inner_channel`."""
-        return len(self.labels) * (2 if self.inner_channel else 1)
-
-    @property
     def max_span_length(self) -> Optional[int]:
         return self.cfg["max_span_length"]
 
@@ -582,7 +565,7 @@ class GlobalPointer(TrainablePipe):
                 f"global_pointer: {n_too_long} of {n_spans} training spans are longer than "
                 f"max_span_length={self.max_span_length} tokens and can never be predicted."
             )
-        self.model.set_dim("nO", self.n_channels)
+        self.model.set_dim("nO", len(self.labels))
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample)
         if nlp is not None:
@@ -614,15 +597,9 @@ class GlobalPointer(TrainablePipe):
     def predict(self, docs: Iterable[Doc]) -> SpanScores:
         """Span scores for a batch of docs, one array per group of docs of similar length.
 
-        `scores.doc(i)` is doc i's (labels, n, band) array; see `SpanScores`. With
-        `inner_channel`, each label's score is the larger of its two channels.
+        `scores.doc(i)` is doc i's (labels, n, band) array; see `SpanScores`.
         """
-        scores = self.model.predict(list(docs))
-        if not self.inner_channel:
-            return scores
-        xp, n = self.model.ops.xp, len(self.labels)
-        merged = [xp.maximum(group[:, :n], group[:, n:]) for group in scores.groups]
-        return SpanScores(merged, scores.doc_ids, scores.lengths)
+        return self.model.predict(list(docs))
 
     def set_annotations(self, docs: Iterable[Doc], scores: SpanScores) -> None:
         """Write every candidate whose probability is above its label's threshold to
@@ -630,7 +607,7 @@ class GlobalPointer(TrainablePipe):
         `nested_threshold`, also the candidates above it that nest in or around one of
         those (`keep_nested`)."""
         docs = list(docs)
-        _check_batch(docs, scores, "set_annotations", len(self.labels))
+        _check_batch(docs, scores, "set_annotations")
         cuts = self.decision_cuts()
         calibration = self.calibration_arrays()
         nested = self.nested_threshold
@@ -680,44 +657,35 @@ class GlobalPointer(TrainablePipe):
         batch's (doc, label) rows, computed one group of docs at a time."""
         examples = list(examples)
         validate_examples(examples, "GlobalPointer.get_loss")
-        _check_batch([eg.predicted for eg in examples], scores, "get_loss", self.n_channels)
+        _check_batch([eg.predicted for eg in examples], scores, "get_loss")
         gold = [self._gold_candidates(eg, i) for i, eg in enumerate(examples)]
-        n_rows = len(examples) * self.n_channels
+        n_rows = len(examples) * len(self.labels)
         loss, d_groups = 0.0, []
         for group, ids in zip(scores.groups, scores.doc_ids):
             targets = self._targets(group.shape, [gold[i] for i in ids])
             lengths = self.model.ops.asarray1i([scores.lengths[i] for i in ids])
             mask = self.model.ops.xp.broadcast_to(self._candidate_mask(lengths, group.shape), group.shape)
-            if self.inner_channel:
-                # Each channel neither learns nor unlearns the other's gold spans.
-                mask = mask & ~self._targets(group.shape, [_other_channel(gold[i], len(self.labels)) for i in ids])
             group_loss, d_group = multilabel_categorical_crossentropy(group, targets, mask, n_rows=n_rows)
             loss += group_loss
             d_groups.append(d_group)
         return loss, scores.with_groups(d_groups)
 
     def _gold_candidates(self, eg: Example, index: int) -> List[Tuple[int, int, int]]:
-        """(channel, start, offset) of each gold span of doc `index`, aligned to its tokens.
-
-        The channel is the label's index; with `inner_channel`, a span strictly inside
-        another gold span (any label) has the label's index + the number of labels."""
+        """(label, start, offset) of each gold span of doc `index`, aligned to its tokens."""
         label_ids = {label: i for i, label in enumerate(self.labels)}
         candidates = []
-        spans = self._aligned_gold(eg, index)
-        inner = _strictly_inside_another(spans) if self.inner_channel else [False] * len(spans)
-        for span, is_inner in zip(spans, inner):
+        for span in self._aligned_gold(eg, index):
             if span.label_ not in label_ids:
                 raise ValueError(
                     f"global_pointer: span {span.text!r} ({span.start}, {span.end}) in doc {index} "
                     f"of the batch has label {span.label_!r}, which is not among the "
                     f"component's labels {list(self.labels)}."
                 )
-            channel = label_ids[span.label_] + (len(self.labels) if is_inner else 0)
-            candidates.append((channel, span.start, len(span) - 1))
+            candidates.append((label_ids[span.label_], span.start, len(span) - 1))
         return candidates
 
     def _targets(self, shape, gold: List[List[Tuple[int, int, int]]]) -> Any:
-        """Bool array of `shape` (docs, channels, n, band): True at each gold span inside the band."""
+        """Bool array of `shape` (docs, labels, n, band): True at each gold span inside the band."""
         ops = self.model.ops
         n, band = shape[2], shape[3]
         where = [
@@ -797,7 +765,7 @@ class GlobalPointer(TrainablePipe):
         if not self.model.has_ref("head"):
             if not self.labels:
                 raise ValueError("global_pointer: the saved component has no labels; the model data is incomplete.")
-            self.model.set_dim("nO", self.n_channels)
+            self.model.set_dim("nO", len(self.labels))
             if not self.model.has_dim("nI"):
                 tok2vec = self.model.get_ref("tok2vec")
                 if tok2vec.has_dim("nO"):
@@ -845,8 +813,7 @@ class GlobalPointer(TrainablePipe):
         raise ValueError(
             f"global_pointer: the saved model in {source} does not match the head this "
             f"pipeline builds ({found}). The head's nO is the number of labels in cfg "
-            f"({len(self.labels)}: {list(self.labels)}), twice that with inner_channel "
-            f"({self.inner_channel}), and nI the tok2vec width; labels, inner_channel, "
+            f"({len(self.labels)}: {list(self.labels)}) and nI the tok2vec width; labels, "
             "the model config (widths, architecture) and the weights must come from the "
             "same training run."
         )
@@ -858,7 +825,6 @@ class GlobalPointer(TrainablePipe):
             _check_threshold(self.cfg["threshold"], self.name)
             self.cfg["thresholds"] = _check_thresholds(self.cfg.get("thresholds", {}), self.labels)
             self.cfg["nested_threshold"] = _check_nested_threshold(self.cfg.get("nested_threshold"), self.name)
-            self.cfg["inner_channel"] = _check_inner_channel(self.cfg.get("inner_channel", False), self.name)
             self.cfg["calibration"] = _check_calibration(self.cfg.get("calibration", {}), self.labels)
         except ValueError as err:
             raise ValueError(f"{err} (in the cfg read from {where})") from err
@@ -927,22 +893,13 @@ def above_threshold(scores: ArrayXd, threshold: Any) -> ArrayXd:
     return scores > threshold
 
 
-def _check_batch(docs: List[Doc], scores: SpanScores, method: str, n_channels: Optional[int] = None) -> None:
-    """Refuse scores that were not computed for these docs (a mismatch would misplace
-    spans), or that do not have `n_channels` scores per span."""
+def _check_batch(docs: List[Doc], scores: SpanScores, method: str) -> None:
+    """Refuse scores that were not computed for these docs (a mismatch would misplace spans)."""
     if not isinstance(scores, SpanScores):
         raise TypeError(
             f"global_pointer.{method}: expected the SpanScores that predict() returns, got "
             f"{type(scores).__name__}. A padded (docs, labels, n, band) array is one group: "
             "SpanScores([array], [list(range(len(docs)))], [len(doc) for doc in docs])."
-        )
-    found = {int(group.shape[1]) for group in scores.groups}
-    if n_channels is not None and found - {n_channels}:
-        source = "the model's output (begin_update)" if method == "get_loss" else "predict()'s output"
-        raise ValueError(
-            f"global_pointer.{method}: the scores have {sorted(found)} channels per span, "
-            f"expected {n_channels}: pass {source}. With inner_channel the model scores "
-            "twice the labels and predict() merges them."
         )
     lengths = [len(doc) for doc in docs]
     if lengths != list(scores.lengths):
@@ -951,28 +908,6 @@ def _check_batch(docs: List[Doc], scores: SpanScores, method: str, n_channels: O
             f"{_preview(scores.lengths)}, but the batch has {len(docs)} docs of lengths "
             f"{_preview(lengths)}. Pass the docs the scores were predicted for, in the same order."
         )
-
-
-def _check_inner_channel(value: Any, name: str = "global_pointer") -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: inner_channel must be true or false, got {value!r}.")
-    return value
-
-
-def _strictly_inside_another(spans: Sequence[Span]) -> List[bool]:
-    """For each span: does another span (any label, other boundaries) contain it?"""
-    if not spans:
-        return []
-    starts = numpy.asarray([span.start for span in spans])
-    ends = numpy.asarray([span.end for span in spans])
-    within = (starts[None, :] <= starts[:, None]) & (ends[:, None] <= ends[None, :])
-    same = (starts[None, :] == starts[:, None]) & (ends[None, :] == ends[:, None])
-    return (within & ~same).any(axis=1).tolist()
-
-
-def _other_channel(gold: List[Tuple[int, int, int]], n_labels: int) -> List[Tuple[int, int, int]]:
-    """The gold candidates moved to their label's other channel (inner <-> main)."""
-    return [((channel + n_labels) % (2 * n_labels), start, offset) for channel, start, offset in gold]
 
 
 def _preview(values: List[int], limit: int = 8) -> str:
