@@ -35,6 +35,7 @@ import os
 import re
 import resource
 import sys
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -689,9 +690,22 @@ def run_in_process(
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(model: str, gpu_id: int, progress_queue) -> None:
+# How long a loaded worker waits for the others to load before the run fails.
+WORKERS_READY_TIMEOUT = 900.0
+
+
+def _init_worker(model: str, gpu_id: int, progress_queue, ready) -> None:
     _die_with_parent()
     _WORKER.update(nlp=load_pipeline(model, gpu_id=gpu_id), progress=progress_queue)
+    # Wait until every worker has loaded the pipeline: otherwise on a busy machine the first one up
+    # can take every shard while the others are still importing torch, and n_process is not honoured.
+    try:
+        ready.wait(WORKERS_READY_TIMEOUT)
+    except threading.BrokenBarrierError:
+        raise RuntimeError(
+            f"the annotate workers were not all ready after {WORKERS_READY_TIMEOUT:g} s: "
+            f"a worker failed to load {model!r} or the machine is overloaded"
+        ) from None
 
 
 def _die_with_parent() -> None:
@@ -724,7 +738,9 @@ def run_in_processes(
     """Annotate the pending shards in `n_process` spawned workers, one shard per task.
 
     Workers write their shards themselves, so only shard descriptions and counts cross processes.
-    Spawned (not forked): a fork of a process that has run torch can deadlock in OpenMP.
+    Spawned (not forked): a fork of a process that has run torch can deadlock in OpenMP. No worker
+    starts a shard before all have loaded the pipeline (a barrier in the initializer), so every worker
+    shares the work even when one is slow to start.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -732,9 +748,10 @@ def run_in_processes(
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
     run = RunStats()
+    n_workers = min(n_process, len(pending))
     pool = ProcessPoolExecutor(
-        min(n_process, len(pending)), mp_context=context, initializer=_init_worker,
-        initargs=(job.settings["model"], gpu_id, progress_queue),
+        n_workers, mp_context=context, initializer=_init_worker,
+        initargs=(job.settings["model"], gpu_id, progress_queue, context.Barrier(n_workers)),
     )
     try:
         writer = job.for_writing()

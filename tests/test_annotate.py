@@ -96,6 +96,34 @@ def test_n_process_2_killed_and_resumed_gives_the_single_process_output(
     assert read_shard_bytes(output) == read_shard_bytes(annotate_single_run[0])
 
 
+def test_a_worker_takes_no_shard_before_every_worker_has_loaded(annotate_model, monkeypatch):
+    """Each pool worker waits for the others after loading, so a slow starter still gets its shards."""
+    import threading
+
+    from spacy_globalpointer import annotate as annotate_module
+
+    monkeypatch.setattr(annotate_module, "_die_with_parent", lambda: None)  # a thread here, not a process
+    ready = threading.Barrier(2)
+    first = threading.Thread(target=annotate_module._init_worker, args=(str(annotate_model), -1, None, ready))
+    first.start()
+    first.join(timeout=3.0)
+    assert first.is_alive(), "the first worker went to work before the second had loaded"
+    annotate_module._init_worker(str(annotate_model), -1, None, ready)  # the second arrives: both go on
+    first.join(timeout=30.0)
+    assert not first.is_alive()
+
+
+def test_a_worker_that_never_arrives_fails_the_run_with_a_clear_error(annotate_model, monkeypatch):
+    import threading
+
+    from spacy_globalpointer import annotate as annotate_module
+
+    monkeypatch.setattr(annotate_module, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(annotate_module, "WORKERS_READY_TIMEOUT", 0.2)
+    with pytest.raises(RuntimeError, match="workers were not all ready after 0.2 s"):
+        annotate_module._init_worker(str(annotate_model), -1, None, threading.Barrier(2))
+
+
 def _wait_until_group_is_gone(pgid: int, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
