@@ -718,6 +718,10 @@ def format_markdown(report: Dict[str, Any]) -> str:
             lines += ["", f"{name} (stopped): its training was stopped by signal {stop['signal']} after step "
                       f"{stop['last_step']} ({_fmt(stop['minutes'], '.1f')} min), before its patience or step budget "
                       "ran out; its figures are those of its best evaluation so far."]
+    joined = {name: s["joined_from"] for name, s in ok.items() if s.get("joined_from")}
+    if joined:
+        lines += ["", "Taken from earlier reports (same train and dev data), not run again: "
+                  + "; ".join(f"{name} from {source}" for name, source in joined.items()) + "."]
     tested = {name: s["test"] for name, s in ok.items() if "all_gold" in (s.get("test") or {})}
     if tested:
         lines += format_test(tested)
@@ -917,15 +921,50 @@ def run_test(system: str, result: Dict[str, Any], out: Path, test: Path, **kwarg
 TASK_COMPONENTS = {"span_finder": "spancat"}
 
 
-def _finished(system: str, out: Path, others: Sequence[Path], finish: Optional[Callable] = None) -> Optional[Dict[str, Any]]:
-    """A system's finished result from OUT or one of the joined output folders (copied into OUT).
-    A run whose training was stopped by a signal, which an older run of this script recorded as
-    failed, is finished with `finish(folder, result)` (its best so far, marked stopped)."""
+# What a joined report must share with this run for its systems to be comparable: the same docs and spans.
+SAME_DATA_KEYS = ("n_docs", "n_words", "n_spans", "labels")
+
+
+def _from_report(system: str, source: Path, out: Path, data: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A system's finished entry of a joined report (SOURCE is a compare.json or a folder holding only
+    one, e.g. a committed results/ folder whose run folders are gone). The report must have been made
+    on the same train and dev data; the entry is taken as it is (no model on disk to score again)."""
+    report_path = source if source.is_file() else source / "compare.json"
+    if not report_path.is_file():
+        return None
+    report = json.loads(report_path.read_text(encoding="utf8"))
+    result = report.get("systems", {}).get(system)
+    if not result or result.get("status") != "ok":
+        return None
+    if data is not None:
+        for split in ("train", "dev"):
+            theirs, ours = report.get("data", {}).get(split, {}), data.get(split, {})
+            differ = [key for key in SAME_DATA_KEYS if theirs.get(key) != ours.get(key)]
+            if differ:
+                raise SystemExit(f"--join {source}: its {split} data differs from this run's "
+                                 f"({', '.join(differ)}), so its {system} is not comparable")
+    (out / system).mkdir(parents=True, exist_ok=True)
+    print(f"{system}: taking the entry of {report_path} (made by: {report.get('command', '?')})", flush=True)
+    return {**result, "joined_from": str(report_path)}
+
+
+def _finished(
+    system: str, out: Path, others: Sequence[Path], finish: Optional[Callable] = None,
+    data: Optional[Dict[str, Any]] = None,
+) -> Optional[Dict[str, Any]]:
+    """A system's finished result from OUT or one of the joined output folders (copied into OUT), or
+    else from a joined report's entry (`_from_report`). A run whose training was stopped by a signal,
+    which an older run of this script recorded as failed, is finished with `finish(folder, result)`
+    (its best so far, marked stopped)."""
     import shutil
 
     for folder in [out] + [Path(o).resolve() for o in others]:
         previous = folder / system / "result.json"
         if not previous.exists():
+            if folder != out:
+                result = _from_report(system, folder, out, data)
+                if result is not None:
+                    return result
             continue
         result = json.loads(previous.read_text(encoding="utf8"))
         if result.get("status") != "ok" and finish is not None and was_stopped(result.get("train", {})):
@@ -993,7 +1032,8 @@ def _parser() -> argparse.ArgumentParser:
                              "timed and scored with its best model so far, and marked stopped")
     parser.add_argument("--join", type=Path, action="append", default=[], metavar="OTHER_OUT",
                         help="take finished systems from another run's output folder (e.g. a parallel lane "
-                        "with --systems spancat); repeatable; implies --reuse")
+                        "with --systems spancat), or from a report alone (a compare.json, or a folder holding "
+                        "one, made on the same train and dev data); repeatable; implies --reuse")
     return parser
 
 
@@ -1078,10 +1118,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              gold_tokens=args.gold_tokens)
 
     for system in systems:
-        result = _finished(system, out, args.join, finish) if (args.reuse or args.join) else None
+        result = _finished(system, out, args.join, finish, data) if (args.reuse or args.join) else None
         if result is None:
             result = train_system(system, base, args, data, out, seed, max_size, gp_name)
-        if args.test and result.get("status") == "ok" and (result.get("test") or {}).get("path") != str(args.test):
+        untested = args.test and (result.get("test") or {}).get("path") != str(args.test)
+        if untested and "joined_from" in result and not (out / system / "training" / "model-best").is_dir():
+            print(f"[{system}] no test score: joined from {result['joined_from']} without its model", flush=True)
+        elif untested and result.get("status") == "ok":
             result["test"] = run_test(
                 system, result, out, args.test, python=args.python, threads=args.threads,
                 spans_key=args.spans_key, gold_tokens=args.gold_tokens,

@@ -299,6 +299,52 @@ def test_join_takes_finished_systems_from_another_lane(tmp_path):
     assert compare._finished("global_pointer", out, [lane]) is None
 
 
+def test_join_takes_a_system_from_a_report_alone(tmp_path):
+    """A committed compare.json whose run folders are gone: its finished entries join, if the data match."""
+    data = {split: {"n_docs": 3, "n_words": 30, "n_spans": 4, "labels": {"A": 4}} for split in ("train", "dev")}
+    entry = {"status": "ok", "best": {"f": 0.6}}
+    report = {"command": "compare.py ...", "data": data,
+              "systems": {"ner": entry, "spancat": {"status": "failed"}}}
+    results, out = tmp_path / "results", tmp_path / "out"
+    results.mkdir()
+    (results / "compare.json").write_text(json.dumps(report))
+    out.mkdir()
+    joined = compare._finished("ner", out, [results], data=data)
+    assert joined == {**entry, "joined_from": str(results / "compare.json")}
+    assert (out / "ner").is_dir()  # where compare.py writes the system's result.json
+    assert compare._finished("ner", out, [results / "compare.json"], data=data)["best"] == {"f": 0.6}
+    assert compare._finished("spancat", out, [results], data=data) is None  # not finished there: train it
+    assert compare._finished("global_pointer", out, [results], data=data) is None
+    other = {**data, "dev": {**data["dev"], "n_spans": 5}}
+    with pytest.raises(SystemExit, match="dev data differs from this run's \\(n_spans\\)"):
+        compare._finished("ner", out, [results], data=other)
+
+
+def test_join_of_a_committed_report_writes_the_joined_table_without_training(demo_run, tmp_path):
+    out, _ = demo_run
+    root = out.parent
+    committed = tmp_path / "results"
+    committed.mkdir()
+    shutil.copy(out / "compare.json", committed / "compare.json")  # the report only, no run folders
+    joined = tmp_path / "joined"
+    cmd = [sys.executable, str(SCRIPT), "--train", str(root / "train.spacy"), "--dev", str(root / "dev.spacy"),
+           "--test", str(root / "test.spacy"), "--config", str(CONFIGS / "cpu.cfg"), "--out", str(joined),
+           "--systems", "ner,spancat", "--join", str(committed), "--repeats", "1"] + NARROW
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "training" not in result.stdout
+    before = json.loads((out / "compare.json").read_text(encoding="utf8"))["systems"]
+    after = json.loads((joined / "compare.json").read_text(encoding="utf8"))["systems"]
+    for system in ("ner", "spancat"):
+        assert after[system]["best"] == before[system]["best"] and after[system]["test"] == before[system]["test"]
+    table = (joined / "compare.md").read_text(encoding="utf8")
+    assert f"ner from {committed / 'compare.json'}" in table and "| spancat |" in table
+    # Other dev docs: the committed figures are not comparable, and the run says so instead of joining.
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "other")
+    result = subprocess.run(cmd + ["--limit-dev", "10"], capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "dev data differs from this run's" in result.stderr
+
+
 def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert compare.plot({"systems": {}, "settings": {}}, tmp_path / "c.png") is False
