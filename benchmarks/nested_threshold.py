@@ -9,6 +9,9 @@ scorer (P/R/F and the recall of nested and flat gold spans). Three pairs are cho
 the pipeline as saved, the best F1, and the best F1 among the pairs whose nested recall is at
 least `--min-ratio` times the flat recall; with `--test`, each of them is scored once on test.
 Writes DIR/nested_threshold.{json,md}.
+
+A pipeline without global_pointer but with spaCy's `spancat` gets the same sweep of spancat's
+`threshold` (it has no nested_threshold), so a peer's threshold can be chosen on dev the same way.
 """
 import argparse
 import json
@@ -41,17 +44,54 @@ def run_to_scores(nlp, component, gold: Sequence, *, gold_tokens: bool, batch_si
     return batches
 
 
+def find_span_component(nlp):
+    """global_pointer, or else spaCy's spancat, whose threshold is the only one it has."""
+    from spacy_globalpointer.evaluate import _find_component
+
+    try:
+        return _find_component(nlp)
+    except ValueError:
+        for name, proc in nlp.pipeline:
+            if nlp.get_pipe_meta(name).factory == "spancat":
+                return proc
+        raise ValueError(f"The pipeline {nlp.pipe_names} has neither a global_pointer nor a spancat component.")
+
+
+def has_nested_threshold(component) -> bool:
+    return hasattr(component, "nested_threshold")
+
+
+def get_thresholds(component) -> Tuple[float, Optional[float]]:
+    if has_nested_threshold(component):
+        return component.threshold, component.nested_threshold
+    return component.cfg["threshold"], None
+
+
+def set_thresholds(component, threshold: float, nested: Optional[float]) -> None:
+    if has_nested_threshold(component):
+        component.threshold = threshold
+        component.nested_threshold = nested
+    elif nested is not None:
+        raise ValueError(f"{component.name!r} has no nested_threshold (asked for {nested:g}).")
+    else:
+        component.cfg["threshold"] = threshold
+
+
 def score_pair(component, batches: Batches, gold: Sequence, threshold: float, nested: Optional[float]) -> Dict[str, Any]:
     from spacy.training import Example
 
-    component.threshold = threshold
-    component.nested_threshold = nested
+    from spacy_globalpointer.scoring import recall_by_kind
+
+    set_thresholds(component, threshold, nested)
     predicted = []
     for docs, scores in batches:
         component.set_annotations(docs, scores)
         predicted.extend(docs)
     key = component.key
-    scores = component.scorer([Example(p, g) for p, g in zip(predicted, gold)], spans_key=key)
+    examples = [Example(p, g) for p, g in zip(predicted, gold)]
+    scores = component.scorer(examples, spans_key=key)
+    if f"spans_{key}_flat_r" not in scores:  # spaCy's spancat scorer: P/R/F only
+        scores.update(recall_by_kind(examples, key))
     flat, nested_r = scores.get(f"spans_{key}_flat_r"), scores.get(f"spans_{key}_nested_r")
     return {
         "threshold": threshold, "nested_threshold": nested,
@@ -78,12 +118,12 @@ def sweep(model: Path, dev: Path, *, test: Optional[Path], gold_tokens: bool, th
     import spacy
     from spacy.tokens import DocBin
 
-    from spacy_globalpointer.evaluate import _find_component
-
     nlp = spacy.load(model)
-    component = _find_component(nlp)
-    saved = (component.threshold, component.nested_threshold)
+    component = find_span_component(nlp)
+    saved = get_thresholds(component)
     grid = sorted({*thresholds, saved[0]}, reverse=True)
+    if not has_nested_threshold(component):
+        nested = []
     pairs = [(t, n) for t in grid for n in ([None] + [n for n in nested if n is not None and n < t])]
     if saved not in pairs:
         pairs.append(saved)
@@ -99,7 +139,7 @@ def sweep(model: Path, dev: Path, *, test: Optional[Path], gold_tokens: bool, th
     rows = [score_pair(component, dev_batches, dev_gold, t, n) for t, n in pairs]
     chosen = choose(rows, saved, min_ratio)
     result: Dict[str, Any] = {
-        "model": str(model), "dev": str(dev), "test": str(test) if test else None, "gold_tokens": gold_tokens,
+        "model": str(model), "component": component.name, "dev": str(dev), "test": str(test) if test else None, "gold_tokens": gold_tokens,
         "min_ratio": min_ratio, "saved": list(saved), "dev_rows": rows,
         "chosen": {name: {"threshold": row["threshold"], "nested_threshold": row["nested_threshold"], "dev": row}
                    for name, row in chosen.items()},
@@ -126,7 +166,9 @@ def _nested(value: Optional[float]) -> str:
 
 def format_markdown(result: Dict[str, Any], command: str) -> str:
     lines = [
-        f"`{result['model']}`: threshold and nested_threshold swept on `{result['dev']}`"
+        f"`{result['model']}` ({result.get('component', 'global_pointer')}): threshold"
+        + (" and nested_threshold" if result.get("component", "global_pointer") != "spancat" else "")
+        + f" swept on `{result['dev']}`"
         + (f", the chosen pairs scored once on `{result['test']}`" if result["test"] else "")
         + ". Command: `" + command + "`",
         "",
@@ -162,7 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gold-tokens", action="store_true", help="predict on the DocBins' own tokens (e.g. GENIA)")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5", help="comma-separated (the saved one is added)")
     parser.add_argument("--nested", default="none,0.4,0.3,0.25,0.2,0.15,0.1",
-                        help="nested thresholds, comma-separated; 'none' is off; only those below a threshold are paired")
+                        help="nested thresholds, comma-separated; 'none' is off; only those below a threshold are paired "
+                             "(ignored for spancat, which has none)")
     parser.add_argument("--min-ratio", type=float, default=0.85, help="nested / flat recall the third choice must reach")
     parser.add_argument("--out", type=Path, help="folder for nested_threshold.{json,md}")
     args = parser.parse_args(argv)

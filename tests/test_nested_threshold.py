@@ -66,3 +66,53 @@ def test_the_ratio_choice_is_the_best_f_among_pairs_that_reach_it():
     assert chosen["as saved"] is rows[0] and chosen["best F"] is rows[2]
     assert chosen["best F with nested/flat >= 0.85"] is rows[3]
     assert "best F with nested/flat >= 0.9" not in nested_threshold.choose(rows, (0.5, None), 0.9)
+
+
+def test_a_spancat_pipeline_gets_its_threshold_swept_and_nested_recall_reported(tmp_path):
+    """A peer's threshold is chosen on dev the same way: spaCy's spancat, threshold only."""
+    import spacy
+    from spacy.scorer import Scorer
+    from spacy.training import Example
+    from thinc.api import fix_random_seed
+
+    from spacy_globalpointer.scoring import recall_by_kind
+
+    from .tiny_pipeline import EN_DATA, SMALL_MODEL, make_examples
+
+    fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("spancat", config={
+        "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3, 4]},
+        "model": {"@architectures": "spacy.SpanCategorizer.v1",
+                  "tok2vec": SMALL_MODEL["tok2vec"],
+                  "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 32},
+                  "scorer": {"@layers": "spacy.LinearLogistic.v1"}},
+    })
+    examples = make_examples(nlp, EN_DATA)
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    nlp.to_disk(tmp_path / "pipeline")
+    DocBin(docs=[eg.reference for eg in examples]).to_disk(tmp_path / "dev.spacy")
+
+    code = nested_threshold.main([
+        str(tmp_path / "pipeline"), str(tmp_path / "dev.spacy"), "--thresholds", "0.9,0.3,0.1",
+        "--nested", "none,0.2", "--out", str(tmp_path / "out"),
+    ])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "nested_threshold.json").read_text(encoding="utf8"))
+    assert result["component"] == "spancat"
+    # spancat has no nested_threshold: one row per threshold, the saved 0.5 among them.
+    assert [(row["threshold"], row["nested_threshold"]) for row in result["dev_rows"]] == [
+        (0.9, None), (0.5, None), (0.3, None), (0.1, None)]
+    spancat = nlp.get_pipe("spancat")
+    for row in result["dev_rows"]:
+        spancat.cfg["threshold"] = row["threshold"]
+        predicted = [Example(nlp(eg.reference.text), eg.reference) for eg in examples]
+        expected = Scorer.score_spans(predicted, "spans_sc", getter=lambda doc, attr: doc.spans.get("sc", []),
+                                      allow_overlap=True)
+        assert (row["p"], row["r"], row["f"]) == pytest.approx(
+            (expected["spans_sc_p"], expected["spans_sc_r"], expected["spans_sc_f"]))
+        assert row["nested_r"] == pytest.approx(recall_by_kind(predicted, "sc")["spans_sc_nested_r"])
+    recalls = [row["r"] for row in result["dev_rows"]]
+    assert recalls == sorted(recalls) and recalls[-1] > recalls[0]
