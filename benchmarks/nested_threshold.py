@@ -166,8 +166,8 @@ def _nested(value: Optional[float]) -> str:
 
 def format_markdown(result: Dict[str, Any], command: str) -> str:
     lines = [
-        f"`{result['model']}` ({result.get('component', 'global_pointer')}): threshold"
-        + (" and nested_threshold" if result.get("component", "global_pointer") != "spancat" else "")
+        f"`{result['model']}` ({result['component']}): threshold"
+        + (" and nested_threshold" if any(row["nested_threshold"] is not None for row in result["dev_rows"]) else "")
         + f" swept on `{result['dev']}`"
         + (f", the chosen pairs scored once on `{result['test']}`" if result["test"] else "")
         + ". Command: `" + command + "`",
