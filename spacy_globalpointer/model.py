@@ -17,7 +17,7 @@ from thinc.api import ArgsKwargs, CupyOps, Model, Ops, PyTorchWrapper_v3, get_cu
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from thinc.types import Floats2d, Floats3d, Floats4d, Ints1d
 
-from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead
+from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead, length_groups
 
 # Without a band the head keeps types * n^2 fp32 scores per doc; past this many the
 # doc would need gigabytes, so we refuse it with advice instead of swapping or crashing.
@@ -260,7 +260,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[SpanScores, 
             "`max_span_length` on the global_pointer component (e.g. 32) so that cost grows "
             "linearly with doc length, or split the doc."
         )
-    groups = _length_groups(lengths)
+    groups = length_groups(lengths)
     arrays, callbacks = [], []
     # Docs of similar length are scored together, each group padded to its own longest
     # doc, and the scores stay in their groups: one long doc no longer makes every doc
@@ -289,32 +289,6 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[SpanScores, 
         return backprop_tok2vec(d_Xs)
 
     return SpanScores(arrays, groups, lengths), backprop
-
-
-# A group of docs is closed when padding would waste more than this share of its tokens.
-_MAX_PADDING = 0.25
-
-
-def _length_groups(lengths: List[int]) -> List[List[int]]:
-    """Indices of the docs, sorted by length and cut into groups that waste little padding.
-
-    Ascending order makes the last doc of a group its longest; a group grows until
-    padding its docs to that length would cost more than `_MAX_PADDING` of its tokens.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    groups: List[List[int]] = []
-    current: List[int] = []
-    tokens = 0
-    for i in order:
-        n = lengths[i]
-        if current and n * (len(current) + 1) > (1.0 + _MAX_PADDING) * (tokens + n):
-            groups.append(current)
-            current, tokens = [], 0
-        current.append(i)
-        tokens += n
-    if current:
-        groups.append(current)
-    return groups
 
 
 def _convert_inputs(

@@ -33,7 +33,8 @@ head_size = 64
 rope = true
 
 [model.tok2vec]
-@architectures = "spacy.Tok2Vec.v2"
+@architectures = "spacy-globalpointer.Tok2Vec.v1"
+max_predict_tokens = 4096
 
 [model.tok2vec.embed]
 @architectures = "spacy.MultiHashEmbed.v2"

@@ -7,12 +7,13 @@ without a segmenter the cheapest proxy is the character's n-grams: "北京" is a
 better cue for a place than "北" or "京" alone. This module adds those n-grams to
 spaCy's MultiHashEmbed recipe as extra hash-embedded columns.
 """
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy
 from spacy.attrs import intify_attr
 from spacy.tokens import Doc
 from thinc.api import HashEmbed, Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
+from thinc.layers.chain import init as chain_init
 from thinc.types import Floats2d, Ints2d
 
 # Stand-ins for the tokens before the start and after the end of a doc.
@@ -106,6 +107,72 @@ def _ngram_features_forward(model: Model, docs: List[Doc], is_train: bool):
     return features, backprop
 
 
+# Tokens per chunk when a tok2vec predicts: enough to keep the matrix products efficient,
+# few enough that the activations Thinc holds until a forward pass returns stay small.
+DEFAULT_MAX_PREDICT_TOKENS = 4096
+
+
+def build_tok2vec(
+    embed: Model[List[Doc], List[Floats2d]],
+    encode: Model[List[Floats2d], List[Floats2d]],
+    *,
+    max_predict_tokens: int = DEFAULT_MAX_PREDICT_TOKENS,
+) -> Model[List[Doc], List[Floats2d]]:
+    """spaCy's Tok2Vec.v2 (`embed`, then `encode`) that predicts in chunks of consecutive
+    docs of at most `max_predict_tokens` tokens (a longer doc is a chunk of its own).
+
+    A Thinc chain keeps every layer's activations until its forward pass returns, so a
+    tok2vec predicting a batch holds some 24 KB per token (configs/cpu.cfg): gigabytes for
+    `nlp.pipe(batch_size=1000)` over long documents. Docs do not see each other in a
+    tok2vec, so predicting chunk by chunk gives the same vectors while memory follows the
+    chunk, whatever the batch size. Training (`begin_update`) runs on the whole batch, as
+    backprop needs the activations. The layer tree is Tok2Vec.v2's, so weights saved by
+    either load into the other (a pipeline, or `spacy pretrain` output).
+    """
+    if isinstance(max_predict_tokens, bool) or not isinstance(max_predict_tokens, int) or max_predict_tokens < 1:
+        raise ValueError(f"max_predict_tokens must be an integer >= 1, got {max_predict_tokens!r}.")
+
+    def forward(model: Model, docs: List[Doc], is_train: bool):
+        embed, encode = model.layers
+        if is_train:
+            X, backprop_embed = embed(docs, is_train)
+            Y, backprop_encode = encode(X, is_train)
+            return Y, lambda dY: backprop_embed(backprop_encode(dY))
+        # Each layer's prediction frees its activations before the next runs, chunk by chunk.
+        outputs: List[Floats2d] = []
+        for start, end in token_chunks([len(doc) for doc in docs], max_predict_tokens):
+            outputs.extend(encode.predict(embed.predict(docs[start:end])))
+
+        def backprop(d_outputs: List[Floats2d]) -> List[Doc]:
+            raise ValueError("Tok2Vec: no backprop from a prediction (is_train=False); use begin_update.")
+
+        return outputs, backprop
+
+    # Named, initialised and with the dims of chain(embed, encode), which Tok2Vec.v2 saves.
+    return Model(
+        f"{embed.name}>>{encode.name}",
+        forward,
+        init=chain_init,
+        layers=[embed, encode],
+        refs={"embed": embed, "encode": encode},
+        dims={"nO": encode.get_dim("nO") if encode.has_dim("nO") else None, "nI": None},
+    )
+
+
+def token_chunks(lengths: Sequence[int], max_tokens: int) -> List[Tuple[int, int]]:
+    """(start, end) ranges of consecutive docs holding at most `max_tokens` tokens each,
+    except that a doc longer than that is a range of its own."""
+    chunks, start, tokens = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and tokens + n > max_tokens:
+            chunks.append((start, i))
+            start, tokens = i, 0
+        tokens += n
+    if start < len(lengths):
+        chunks.append((start, len(lengths)))
+    return chunks
+
+
 def build_cnn_attention_encoder(
     width: int,
     depth: int,
@@ -132,43 +199,41 @@ def build_cnn_attention_encoder(
 
     attention = PyTorchWrapper_v3(
         LocalSelfAttention(width, attention_depth, attention_heads, attention_window, dropout=dropout),
-        convert_inputs=_padded_inputs,
-        convert_outputs=_unpadded_outputs,
+        convert_inputs=_packed_inputs,
+        convert_outputs=_unpacked_outputs,
         deserialize_model=_load_weights_only,
     )
     cnn = MaxoutWindowEncoder(width=width, window_size=window_size, maxout_pieces=maxout_pieces, depth=depth)
     return chain(cnn, attention)
 
 
-def _padded_inputs(model: Model, Xs: List[Floats2d], is_train: bool):
-    """A list of (n_i, width) arrays -> one padded torch batch and its lengths."""
-    import torch
+def _packed_inputs(model: Model, Xs: List[Floats2d], is_train: bool):
+    """A list of (n_i, width) arrays -> one packed (tokens, width) torch tensor and the
+    lengths. Nothing is padded: the attention groups the docs by length itself."""
     from thinc.api import ArgsKwargs, torch2xp, xp2torch
 
     ops = model.ops
     lengths = [len(x) for x in Xs]
-    padded = ops.pad(Xs) if Xs and max(lengths) else ops.alloc3f(len(Xs), 0, Xs[0].shape[1] if Xs else 0)
-    device = model.shims[0].device
-    X = xp2torch(padded, requires_grad=is_train, device=device)
-    length_tensor = torch.tensor(lengths, dtype=torch.long, device=device)
+    packed = ops.flatten(Xs) if Xs else ops.alloc2f(0, 0)
+    X = xp2torch(packed, requires_grad=is_train, device=model.shims[0].device)
 
     def convert_back(d_inputs: ArgsKwargs) -> List[Floats2d]:
-        return ops.unpad(torch2xp(d_inputs.args[0]), lengths)
+        return ops.unflatten(torch2xp(d_inputs.args[0]), lengths)
 
-    return ArgsKwargs(args=(X, length_tensor), kwargs={}), convert_back
+    return ArgsKwargs(args=(X, lengths), kwargs={}), convert_back
 
 
-def _unpadded_outputs(model: Model, inputs_outputs, is_train: bool):
-    """The padded torch output -> a list of (n_i, width) arrays, and the way back."""
+def _unpacked_outputs(model: Model, inputs_outputs, is_train: bool):
+    """The packed torch output -> a list of (n_i, width) arrays, and the way back."""
     from thinc.api import ArgsKwargs, torch2xp, xp2torch
 
     Xs, Y = inputs_outputs
     ops = model.ops
     lengths = [len(x) for x in Xs]
-    Ys = ops.unpad(torch2xp(Y), lengths)
+    Ys = ops.unflatten(torch2xp(Y), lengths)
 
     def convert_for_torch_backward(dYs: List[Floats2d]) -> ArgsKwargs:
-        dY = xp2torch(ops.pad(dYs) if dYs and max(lengths) else ops.alloc3f(*Y.shape), device=Y.device)
+        dY = xp2torch(ops.flatten(dYs) if dYs else ops.alloc2f(*Y.shape), device=Y.device)
         return ArgsKwargs(args=(Y,), kwargs={"grad_tensors": dY})
 
     return Ys, convert_for_torch_backward

@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -267,6 +267,82 @@ class EfficientGlobalPointerHead(_SpanScorer):
         return self._finish(scores, X, lengths)
 
 
+# A group of docs is closed when padding would waste more than this share of its tokens.
+MAX_GROUP_PADDING = 0.25
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = MAX_GROUP_PADDING) -> List[List[int]]:
+    """Indices of the docs, sorted by length and cut into groups that waste little padding.
+
+    Ascending order makes the last doc of a group its longest; a group grows until
+    padding its docs to that length would cost more than `max_padding` of its tokens.
+    Every doc is in exactly one group; empty docs share a group of their own.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: List[List[int]] = []
+    current: List[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]
+        if current and n * (len(current) + 1) > (1.0 + max_padding) * (tokens + n):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+class PackedGroup:
+    """Where the docs of one length group sit in a packed (tokens, width) batch.
+
+    `index[r, t]` is the packed row of token t of the group's doc r; positions past a
+    doc's end repeat its last token (they are masked as keys and dropped as queries), so
+    gathering with it pads the group to its longest doc without a padding row.
+    """
+
+    def __init__(self, starts: List[int], lengths: List[int], device: torch.device):
+        self.n = max(lengths)
+        self.lengths = lengths
+        self.full = min(lengths) == self.n  # no padding: no key needs masking
+        t = torch.arange(self.n, device=device)
+        lengths_t = torch.tensor(lengths, device=device)
+        self.index = torch.tensor(starts, device=device)[:, None] + torch.minimum(t[None, :], lengths_t[:, None] - 1)
+        self.valid = t[None, :] < lengths_t[:, None]  # (docs, n)
+        # The packed rows of the group's tokens, in the order `gathered[valid]` lists them.
+        self.rows = self.index[self.valid]
+
+
+class PackedBatch:
+    """The docs of a batch packed one after the other into (tokens, width), cut into
+    length groups: what layers that mix tokens within a doc need to work group by group
+    while everything position-wise runs once over the packed tokens, padding-free."""
+
+    def __init__(self, lengths: Sequence[int], device: torch.device):
+        lengths = [int(n) for n in lengths]
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        nonempty = [i for i, n in enumerate(lengths) if n > 0]
+        self.groups = [
+            PackedGroup([starts[nonempty[i]] for i in group], [lengths[nonempty[i]] for i in group], device)
+            for group in length_groups([lengths[i] for i in nonempty])
+        ]
+        self.n_tokens = sum(lengths)
+        # Packed row -> its place in the concatenation of the groups' valid rows.
+        order = torch.cat([g.rows for g in self.groups]) if self.groups else torch.zeros(0, dtype=torch.long)
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(len(order), device=order.device)
+
+    def gather(self, x: torch.Tensor, group: PackedGroup) -> torch.Tensor:
+        """(tokens, ...) -> (docs, n, ...): the group's docs, padded to its longest."""
+        return x[group.index]
+
+    def scatter(self, per_group: List[torch.Tensor]) -> torch.Tensor:
+        """The inverse of `gather` over all groups: (docs, n, ...) each -> (tokens, ...)."""
+        valid = [y[g.valid] for g, y in zip(self.groups, per_group)]
+        return torch.cat(valid)[self.inverse]
 
 
 class LocalSelfAttentionLayer(nn.Module):
@@ -274,10 +350,13 @@ class LocalSelfAttentionLayer(nn.Module):
 
     Multi-head self-attention with RoPE on queries and keys (so attention, like the span
     scores, depends on relative position), then a position-wise feed-forward block; both
-    residual. Queries are processed in blocks of `window` tokens against keys in
-    [block start - window, block end + window), so time and memory grow as
-    O(n * window), never O(n^2); within the window the result equals full attention
-    restricted to |i - j| <= window.
+    residual. The input is a packed batch (tokens, width): the norms, projections and the
+    feed-forward block run once over the tokens present, and only the attention itself
+    works on the docs, one length group at a time (each group padded to its own longest
+    doc, see `PackedBatch`). Within a group, queries are processed in blocks of `window`
+    tokens against keys in [block start - window, block end + window), so time and memory
+    grow as the sum over docs of n_i * window, never with the batch's longest doc; within
+    the window the result equals full attention restricted to |i - j| <= window.
     """
 
     def __init__(self, width: int, n_heads: int, window: int, *, ffn_width: Optional[int] = None, dropout: float = 0.0):
@@ -298,41 +377,53 @@ class LocalSelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.rope = RotaryPositionEmbedding(self.head_size)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x: (batch, n, width), lengths: (batch,) -> (batch, n, width); padding rows stay finite."""
-        batch, n, width = x.shape
-        q, k, v = self.qkv(self.norm_attn(x)).view(batch, n, 3, self.n_heads, self.head_size).unbind(2)
-        # (batch, heads, n, head_size); RoPE in fp32, then back to the working dtype.
-        q = self.rope(q.transpose(1, 2)).to(v.dtype)
-        k = self.rope(k.transpose(1, 2)).to(v.dtype)
-        v = v.transpose(1, 2)
-        positions = torch.arange(n, device=x.device)
-        valid = positions[None, :] < lengths[:, None]  # (batch, n) keys inside the doc
-        blocks = []
-        for start in range(0, n, self.window):
-            end = min(start + self.window, n)
-            k_start, k_end = max(0, start - self.window), min(n, end + self.window)
-            near = (positions[start:end, None] - positions[None, k_start:k_end]).abs() <= self.window
-            allowed = near[None, None] & valid[:, None, None, k_start:k_end]
-            blocks.append(F.scaled_dot_product_attention(
-                q[:, :, start:end], k[:, :, k_start:k_end], v[:, :, k_start:k_end], attn_mask=allowed
-            ))
-        attended = torch.cat(blocks, dim=2).transpose(1, 2).reshape(batch, n, width)
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """x: (tokens, width), the docs of `batch` packed -> (tokens, width)."""
+        qkv = self.qkv(self.norm_attn(x))
+        attended = batch.scatter([self._attend(batch.gather(qkv, group), group) for group in batch.groups])
         x = x + self.dropout(self.out(attended))
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
 
+    def _attend(self, qkv: torch.Tensor, group: PackedGroup) -> torch.Tensor:
+        """qkv: (docs, n, 3 * width) of one group -> attention output (docs, n, width)."""
+        docs, n, _ = qkv.shape
+        q, k, v = qkv.view(docs, n, 3, self.n_heads, self.head_size).unbind(2)
+        # (docs, heads, n, head_size); RoPE in fp32, then back to the working dtype.
+        q = self.rope(q.transpose(1, 2)).to(v.dtype)
+        k = self.rope(k.transpose(1, 2)).to(v.dtype)
+        v = v.transpose(1, 2)
+        positions = torch.arange(n, device=qkv.device)
+        window = self.window
+        blocks = []
+        for start in range(0, n, window):
+            end = min(start + window, n)
+            k_start, k_end = max(0, start - window), min(n, end + window)
+            if group.full and k_end - k_start <= window + 1:
+                allowed = None  # every key is inside its doc and within the window of every query
+            else:
+                near = (positions[start:end, None] - positions[None, k_start:k_end]).abs() <= window
+                allowed = near[None, None] & group.valid[:, None, None, k_start:k_end]
+            blocks.append(F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, k_start:k_end], v[:, :, k_start:k_end], attn_mask=allowed
+            ))
+        return torch.cat(blocks, dim=2).transpose(1, 2).reshape(docs, n, -1)
+
 
 class LocalSelfAttention(nn.Module):
-    """`depth` LocalSelfAttentionLayers; padding rows are zeroed on the way out."""
+    """`depth` LocalSelfAttentionLayers over a packed batch of docs."""
 
     def __init__(self, width: int, depth: int, n_heads: int, window: int, *, dropout: float = 0.0):
         super().__init__()
         self.layers = nn.ModuleList(LocalSelfAttentionLayer(width, n_heads, window, dropout=dropout) for _ in range(depth))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 0:
+    def forward(self, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """x: (tokens, width), the docs one after the other; lengths: each doc's token count
+        (host integers, so that grouping costs no device sync) -> (tokens, width)."""
+        if sum(lengths) != x.shape[0]:
+            raise ValueError(f"LocalSelfAttention: {x.shape[0]} packed rows for docs of {sum(lengths)} tokens.")
+        if x.shape[0] == 0:
             return x
+        batch = PackedBatch(lengths, x.device)
         for layer in self.layers:
-            x = layer(x, lengths)
-        inside = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-        return x * inside[..., None].to(x.dtype)
+            x = layer(x, batch)
+        return x

@@ -184,18 +184,18 @@ def test_initialize_does_not_warn_when_all_spans_fit(recwarn):
 
 
 def test_length_groups_cover_every_doc_once_and_bound_the_padding():
-    from spacy_globalpointer.model import _MAX_PADDING, _length_groups
+    from spacy_globalpointer.torch_layers import MAX_GROUP_PADDING, length_groups
 
     rng = numpy.random.default_rng(0)
     lengths = [int(n) for n in rng.integers(0, 60, size=300)] + [400, 0, 1]
-    groups = _length_groups(lengths)
+    groups = length_groups(lengths)
     assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
     for group in groups:
         group_lengths = [lengths[i] for i in group]
         assert group_lengths == sorted(group_lengths)
         padded = max(group_lengths) * len(group)
         # A group of one doc wastes nothing; otherwise the bound holds.
-        assert padded <= (1 + _MAX_PADDING) * sum(group_lengths) or len(group) == 1
+        assert padded <= (1 + MAX_GROUP_PADDING) * sum(group_lengths) or len(group) == 1
     # The long doc does not pad the short ones.
     assert [400] in [[lengths[i] for i in group] for group in groups]
 

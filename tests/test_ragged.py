@@ -14,8 +14,9 @@ from spacy.training import Example
 from thinc.api import set_dropout_rate
 
 from spacy_globalpointer.loss import multilabel_categorical_crossentropy
-from spacy_globalpointer.model import SpanScores, _length_groups
+from spacy_globalpointer.model import SpanScores
 from spacy_globalpointer.pipe import select_non_overlapping, sigmoid
+from spacy_globalpointer.torch_layers import length_groups
 
 from .tiny_pipeline import build_tiny, span_tuples
 
@@ -38,7 +39,7 @@ def padded_forward(model, docs, is_train):
     width = n_max if band is None else min(band, n_max)
     scores = numpy.full((len(docs), model.get_dim("nO"), n_max, width), FP32_MIN, dtype="float32")
     callbacks = []
-    for group in _length_groups(lengths):
+    for group in length_groups(lengths):
         group_n = lengths[group[-1]]
         if group_n == 0:
             continue
