@@ -139,6 +139,10 @@ def no_soft_lexicon(config: Config) -> None:
     tok2vec["embed"] = copy.deepcopy(_hash_embed(config))
 
 
+def _gp_component(config: Config) -> Config:
+    return config["components"][compare._find_global_pointer(config)]
+
+
 def pretrained_tok2vec(config: Config) -> None:
     """The tok2vec starts from `spacy pretrain` weights: make_variant sets paths.init_tok2vec."""
     if not config["paths"].get("init_tok2vec"):
@@ -189,6 +193,15 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
     "span_evidence": (
         "span-internal evidence in the head (mean and soft minimum of per-type token scores)",
         setter(_gp_model, span_evidence=True),
+    ),
+    "span_grid": (
+        "span grid in the head: 8 RoPE q.k channels (head size 16) and the head's probabilities, 2 residual "
+        "3x3 convolutions over (start, end), a score per type",
+        setter(_gp_model, span_grid={"channels": 8, "depth": 2, "kernel": 3, "head_size": 16}),
+    ),
+    "boundary_smoothing": (
+        "boundary smoothing: epsilon 0.2 shared among the spans 1 boundary step away",
+        setter(_gp_component, boundary_smoothing=0.2, boundary_distance=1),
     ),
     "cnn_attention_1_span_evidence": (
         "1 self-attention layer and span-internal evidence in the head",

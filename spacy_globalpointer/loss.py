@@ -11,6 +11,18 @@ balance. Works on numpy and cupy arrays alike.
 Rows are independent, so a batch can be scored in pieces (the pipe passes one
 group of docs of similar length at a time) with `n_rows` set to the batch's row
 count: the pieces' losses then add up to the batch's mean.
+
+Soft targets (boundary smoothing). With a target y in [0, 1] per candidate, each
+candidate counts as a positive with weight y and as a negative with weight 1 - y:
+
+    loss = log(1 + sum_c y_c exp(-s_c)) + log(1 + sum_c (1 - y_c) exp(s_c))
+
+For y in {0, 1} this is the loss above. Both sums have non-negative weights, so the
+loss stays well-defined and convex in s, and the weights enter as log-weights added to
+the logits (log 0 = -inf: absent). For one candidate alone the minimum is where
+y exp(-s) = (1 - y) exp(s), i.e. s* = logit(y) / 2: a target of 1 - epsilon asks for a
+finite score instead of an ever larger one, a small target for a score below the
+decision boundary s = 0 but closer to it than a hard negative's.
 """
 from typing import Optional, Tuple
 
@@ -31,9 +43,10 @@ def multilabel_categorical_crossentropy(
     """Loss summed over (doc, type) rows and divided by `n_rows`, and its gradient
     with respect to `scores`.
 
-    scores, targets, mask: (batch, types, n, band). Only candidates where `mask`
-    is True count; every other position gets a zero gradient. `n_rows` defaults to
-    batch * types (the mean over these rows).
+    scores, targets, mask: (batch, types, n, band). `targets` is bool (the gold spans)
+    or float in [0, 1] (soft targets, see the module's docstring). Only candidates where
+    `mask` is True count; every other position gets a zero gradient. `n_rows` defaults
+    to batch * types (the mean over these rows).
     """
     xp = get_array_module(scores)
     batch, types = scores.shape[:2]
@@ -41,14 +54,21 @@ def multilabel_categorical_crossentropy(
     flat = scores.reshape(batch, types, -1).astype("float32")
     if flat.shape[-1] == 0:  # no candidates at all (every doc empty): nothing to learn
         return 0.0, xp.zeros(scores.shape, dtype=scores.dtype)
-    pos = (targets & mask).reshape(flat.shape)
-    neg = (~targets & mask).reshape(flat.shape)
     neg_inf = xp.asarray(-xp.inf, dtype="float32")
-    pos_logits = xp.where(pos, -flat, neg_inf)
-    neg_logits = xp.where(neg, flat, neg_inf)
+    mask = mask.reshape(flat.shape)
+    if targets.dtype == bool:
+        targets = targets.reshape(flat.shape)
+        pos_logits = xp.where(targets & mask, -flat, neg_inf)
+        neg_logits = xp.where(~targets & mask, flat, neg_inf)
+    else:
+        y = targets.reshape(flat.shape).astype("float32")
+        tiny = xp.asarray(xp.finfo("float32").tiny, dtype="float32")
+        pos_logits = xp.where(mask & (y > 0), -flat + xp.log(xp.maximum(y, tiny)), neg_inf)
+        neg_logits = xp.where(mask & (y < 1), flat + xp.log(xp.maximum(1 - y, tiny)), neg_inf)
     pos_lse = _logsumexp_with_zero(pos_logits, xp)
     neg_lse = _logsumexp_with_zero(neg_logits, xp)
     loss = float((pos_lse + neg_lse).sum()) / rows
-    # d/ds_p = -exp(-s_p - pos_lse), d/ds_q = exp(s_q - neg_lse); exp(-inf) = 0 elsewhere.
+    # d/ds = (1 - y) exp(s - neg_lse) - y exp(-s - pos_lse), the weights inside the logits;
+    # exp(-inf) = 0 where a candidate is absent from a sum.
     d_flat = xp.exp(neg_logits - neg_lse) - xp.exp(pos_logits - pos_lse)
     return loss, (d_flat / rows).reshape(scores.shape).astype(scores.dtype)

@@ -17,7 +17,7 @@ from thinc.api import ArgsKwargs, CupyOps, Model, Ops, PyTorchWrapper_v3, get_cu
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from thinc.types import Floats2d, Floats3d, Floats4d, Ints1d
 
-from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead, length_groups
+from .torch_layers import EfficientGlobalPointerHead, GlobalPointerHead, check_span_grid, length_groups
 
 # Without a band the head keeps types * n^2 fp32 scores per doc; past this many the
 # doc would need gigabytes, so we refuse it with advice instead of swapping or crashing.
@@ -60,6 +60,7 @@ def build_global_pointer(
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
     span_evidence: bool = False,
+    span_grid: Optional[Dict[str, int]] = None,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], "SpanScores"]:
     """GlobalPointer: per-type q/k projections of `head_size`, RoPE, scaled dot products.
@@ -68,9 +69,14 @@ def build_global_pointer(
     n, band) array per group of docs of similar length); see `torch_layers` for the
     band layout. With `span_evidence`, each span's score also reads the tokens between its
     endpoints (a mean and a soft minimum of per-type token scores; `torch_layers.SpanEvidence`):
-    for CPU encoders whose endpoints do not see the whole span.
+    for CPU encoders whose endpoints do not see the whole span. With `span_grid`
+    ({"channels", "depth", "kernel", "head_size"}, any of them; {} for the defaults
+    8, 2, 3, 16), a few convolutions over the (start, end) grid of span features and the
+    head's probabilities add a score per type, so that a span's score sees its neighbours
+    (`torch_layers.SpanGrid`).
     """
-    return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO)
+    return _build(tok2vec, GlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence,
+                  span_grid, nO)
 
 
 def build_efficient_global_pointer(
@@ -81,11 +87,14 @@ def build_efficient_global_pointer(
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
     span_evidence: bool = False,
+    span_grid: Optional[Dict[str, int]] = None,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], "SpanScores"]:
-    """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases."""
+    """Efficient GlobalPointer: one shared q/k projection plus per-type start/end biases
+    (`span_evidence` and `span_grid` as for GlobalPointer.v1)."""
     return _build(
-        tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO
+        tok2vec, EfficientGlobalPointerHead, head_size, rope, mixed_precision, grad_scaler, span_evidence,
+        span_grid, nO,
     )
 
 
@@ -113,9 +122,11 @@ def make_grad_scaler(
     )
 
 
-def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, span_evidence, nO):
+def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, span_evidence, span_grid, nO):
     if head_size < 2 or head_size % 2:
         raise ValueError(f"head_size must be an even number >= 2, got {head_size}.")
+    if span_grid is not None:
+        span_grid = check_span_grid(dict(span_grid))
     return Model(
         "global_pointer",
         forward,
@@ -130,6 +141,7 @@ def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, s
             "mixed_precision": mixed_precision,
             "grad_scaler": grad_scaler,
             "span_evidence": span_evidence,
+            "span_grid": span_grid,
             # Set by the pipe: spans longer than this are not candidates (None: no limit).
             "max_span_length": None,
         },
@@ -158,7 +170,7 @@ def build_head(model: Model) -> None:
     width, n_labels = model.get_dim("nI"), model.get_dim("nO")
     torch_head = model.attrs["head_class"](
         width, n_labels, head_size=model.attrs["head_size"], rope=model.attrs["rope"],
-        span_evidence=model.attrs["span_evidence"],
+        span_evidence=model.attrs["span_evidence"], span_grid=model.attrs["span_grid"],
     )
     grad_scaler = model.attrs["grad_scaler"]
     wants_scaling = grad_scaler is not None and grad_scaler._enabled

@@ -77,6 +77,8 @@ def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, flo
         "max_span_length": None,
         "write_ents": False,
         "head_optimizer": None,
+        "boundary_smoothing": 0.0,
+        "boundary_distance": 1,
         "model": DEFAULT_MODEL,
         "scorer": {"@scorers": "spacy-globalpointer.scorer.v1"},
     },
@@ -94,6 +96,8 @@ def make_global_pointer(
     scorer: Optional[Callable],
     head_optimizer: Optional[Optimizer] = None,
     nested_threshold: Optional[float] = None,
+    boundary_smoothing: float = 0.0,
+    boundary_distance: int = 1,
 ) -> "GlobalPointer":
     """Create a GlobalPointer span recognizer.
 
@@ -112,6 +116,11 @@ def make_global_pointer(
     write_ents: also write a non-overlapping subset to `doc.ents` (highest score wins).
     head_optimizer: an optimizer of the head's own (e.g. Adam at 1e-3 while a transformer
         fine-tunes at 2e-5); None updates the head with the training optimizer.
+    boundary_smoothing: epsilon of boundary smoothing (Zhu and Li 2022), a training-only
+        regulariser: each gold span keeps a target of 1 - epsilon and shares epsilon among
+        the candidates of its label whose start and end are `boundary_distance` steps or
+        fewer away in all (see `loss.py` for the soft-target loss). 0 turns it off.
+    boundary_distance: how far (start and end steps together) boundary smoothing reaches.
     """
     return GlobalPointer(
         nlp.vocab,
@@ -125,6 +134,8 @@ def make_global_pointer(
         write_ents=write_ents,
         scorer=scorer,
         head_optimizer=head_optimizer,
+        boundary_smoothing=boundary_smoothing,
+        boundary_distance=boundary_distance,
     )
 
 
@@ -374,12 +385,50 @@ def upgrade_saved_cfg(saved: Dict[str, Any], where: str) -> Dict[str, Any]:
     return {**saved, "threshold": threshold, "score_scale": SCORE_SCALE}
 
 
+def _check_boundary_smoothing(epsilon: Any, distance: Any) -> Tuple[float, int]:
+    if not _is_number(epsilon) or not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"global_pointer: boundary_smoothing must be a number in [0, 1), got {epsilon!r}.")
+    if isinstance(distance, bool) or not isinstance(distance, int) or distance < 1:
+        raise ValueError(f"global_pointer: boundary_distance must be an integer >= 1, got {distance!r}.")
+    return float(epsilon), distance
+
+
 def _check_max_span_length(value: Any) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"global_pointer: max_span_length must be None or an integer >= 1, got {value!r}.")
     return value
+
+
+def smoothed_targets(
+    shape: Tuple[int, int, int, int], gold: List[List[Tuple[int, int, int]]], lengths: List[int],
+    epsilon: float, distance: int,
+) -> numpy.ndarray:
+    """Boundary-smoothed targets (Zhu and Li 2022), float32 of `shape` (docs, labels, n, band).
+
+    `gold[r]` holds (label, start, width - 1) of doc r's gold spans. Each gold span inside the
+    band keeps 1 - epsilon and gives epsilon / K to each of the K candidates of its label that
+    lie within `distance` boundary steps (|start - start'| + |end - end'| <= distance: inside
+    the doc of `lengths[r]` tokens, start' <= end', within the band); with no such candidate
+    it keeps 1. Where contributions meet, they add up, capped at 1.
+    """
+    n, band = shape[2], shape[3]
+    targets = numpy.zeros(shape, dtype="float32")
+    steps = [(a, b) for a in range(-distance, distance + 1) for b in range(-distance, distance + 1)
+             if 0 < abs(a) + abs(b) <= distance]
+    for row, spans in enumerate(gold):
+        n_doc = lengths[row]
+        for label, start, offset in spans:
+            end = start + offset
+            if offset >= band or end >= n:
+                continue
+            near = [(start + a, end + b) for a, b in steps]
+            near = [(s, e) for s, e in near if 0 <= s <= e < n_doc and e - s < band]
+            targets[row, label, start, offset] += 1.0 - epsilon if near else 1.0
+            for s, e in near:
+                targets[row, label, s, e - s] += epsilon / len(near)
+    return numpy.minimum(targets, 1.0, out=targets)
 
 
 class GlobalPointer(TrainablePipe):
@@ -399,6 +448,8 @@ class GlobalPointer(TrainablePipe):
         write_ents: bool = False,
         scorer: Optional[Callable] = global_pointer_score,
         head_optimizer: Optional[Optimizer] = None,
+        boundary_smoothing: float = 0.0,
+        boundary_distance: int = 1,
     ) -> None:
         if not isinstance(spans_key, str) or not spans_key:
             raise ValueError(f"global_pointer: spans_key must be a non-empty string, got {spans_key!r}.")
@@ -419,6 +470,10 @@ class GlobalPointer(TrainablePipe):
             "write_ents": bool(write_ents),
             "score_scale": SCORE_SCALE,
         }
+        # Training settings: not in cfg, which holds what decides the predictions.
+        self.boundary_smoothing, self.boundary_distance = _check_boundary_smoothing(
+            boundary_smoothing, boundary_distance
+        )
         self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
         self.head_optimizer = head_optimizer
 
@@ -655,7 +710,8 @@ class GlobalPointer(TrainablePipe):
     def get_loss(self, examples: Iterable[Example], scores: SpanScores) -> Tuple[float, SpanScores]:
         """Multi-label categorical cross-entropy over the valid candidates, and its
         gradient in the scores' own (ragged) form. The loss is the mean over the
-        batch's (doc, label) rows, computed one group of docs at a time."""
+        batch's (doc, label) rows, computed one group of docs at a time. With
+        `boundary_smoothing`, the targets are soft (see `smoothed_targets`)."""
         examples = list(examples)
         validate_examples(examples, "GlobalPointer.get_loss")
         _check_batch([eg.predicted for eg in examples], scores, "get_loss")
@@ -663,8 +719,15 @@ class GlobalPointer(TrainablePipe):
         n_rows = len(examples) * len(self.labels)
         loss, d_groups = 0.0, []
         for group, ids in zip(scores.groups, scores.doc_ids):
-            targets = self._targets(group.shape, [gold[i] for i in ids])
-            lengths = self.model.ops.asarray1i([scores.lengths[i] for i in ids])
+            group_gold = [gold[i] for i in ids]
+            group_lengths = [scores.lengths[i] for i in ids]
+            if self.boundary_smoothing:
+                targets = self.model.ops.asarray(smoothed_targets(
+                    group.shape, group_gold, group_lengths, self.boundary_smoothing, self.boundary_distance
+                ))
+            else:
+                targets = self._targets(group.shape, group_gold)
+            lengths = self.model.ops.asarray1i(group_lengths)
             mask = self.model.ops.xp.broadcast_to(self._candidate_mask(lengths, group.shape), group.shape)
             group_loss, d_group = multilabel_categorical_crossentropy(group, targets, mask, n_rows=n_rows)
             loss += group_loss

@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -151,6 +151,97 @@ class SpanEvidence(nn.Module):
         return u.cumsum(-1) / lengths - torch.logcumsumexp(-v, dim=-1)
 
 
+def grid_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 2D convolution over the (start, end) grid of spans, computed in band layout.
+
+    h: (batch, channels, n, band), `h[..., s, d]` the features of span (s, s + d); weight:
+    (out, channels, k, k) over (start offset a, end offset b), k odd; bias: (out,). The
+    neighbour (i + a, j + b) of span (i, j) = (s, s + d) is cell (s + a, d + b - a): a
+    sheared window, which is a plain k x (2k - 1) convolution over (s, d) whose row a holds
+    the k weights of row a shifted by -a (the other taps are zero). Cells outside the band
+    (spans longer than it, or ending before they start) count as zeros, as padding does in
+    a convolution over the full matrix. Memory is channels * n * band, never n^2.
+    """
+    k = weight.shape[-1]
+    r = k // 2
+    sheared = torch.stack([F.pad(weight[:, :, row], (2 * r - row, row)) for row in range(k)], dim=2)
+    return F.conv2d(h, sheared, bias, padding=(r, 2 * r))
+
+
+class SpanGrid(nn.Module):
+    """Spans that see their neighbours: a few convolutions over the (start, end) grid of span
+    features, mapped to a score per type that is added to the head's (Yan et al. 2023; W2NER).
+
+    The grid's input is, for every candidate, `channels` RoPE dot products of small q/k
+    projections (one per channel, `head_size` each) and the head's own probability for each
+    type. Each of `depth` layers adds GELU(conv(h)) to the `channels` features (a `kernel` x
+    `kernel` convolution over (start, end), see `grid_conv`; the first layer also reads the
+    probabilities); cells that are not candidates are zero before and after every layer. So
+    a span's score reads how confident the head is of its neighbours one boundary step away,
+    of the spans it nests in and of those nested in it. The output map is zero-initialised:
+    a new grid adds nothing until it has learned something, and the head starts as it would
+    without it.
+    """
+
+    def __init__(self, width: int, n_types: int, *, channels: int = 8, depth: int = 2, kernel: int = 3,
+                 head_size: int = 16):
+        super().__init__()
+        check_span_grid({"channels": channels, "depth": depth, "kernel": kernel, "head_size": head_size})
+        self.channels, self.head_size = channels, head_size
+        self.proj = nn.Linear(width, channels * 2 * head_size)
+        self.rope = RotaryPositionEmbedding(head_size)
+        # Conv2d holds each layer's weights; grid_conv applies them in band layout.
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels + (n_types if layer == 0 else 0), channels, kernel) for layer in range(depth)
+        )
+        self.out = nn.Linear(channels, n_types)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def features(self, X: torch.Tensor, band: int) -> torch.Tensor:
+        """X: (batch, n, width) -> the span features (batch, channels, n, band)."""
+        batch, n, _ = X.shape
+        size = self.head_size
+        qk = self.proj(X).view(batch, n, self.channels, 2 * size).transpose(1, 2)
+        phases = self.rope.phases(n)
+        qk = rotate_pairs(qk.contiguous(), torch.cat((phases / math.sqrt(size), phases), -1))
+        return band_scores(qk[..., :size], qk[..., size:], band)
+
+    def forward(self, X: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """X: (batch, n, width), lengths: (batch,), scores: the head's (batch, types, n, band)
+        logits -> (batch, types, n, band) terms to add to them."""
+        band = scores.shape[-1]
+        h = self.features(X, band).float()
+        mask = band_candidate_mask(lengths, h.shape[2], band)[:, None].to(h.dtype)
+        h = h * mask
+        for layer, conv in enumerate(self.convs):
+            inputs = torch.cat((h, torch.sigmoid(scores.float()) * mask), 1) if layer == 0 else h
+            h = (h + F.gelu(grid_conv(inputs, conv.weight.float(), conv.bias.float()))) * mask
+        return self.out(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+SPAN_GRID_SETTINGS = {"channels": 8, "depth": 2, "kernel": 3, "head_size": 16}
+
+
+def check_span_grid(settings: Any) -> dict:
+    """The span grid's settings with their defaults; ValueError naming what is wrong."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"span_grid must be a dict of {sorted(SPAN_GRID_SETTINGS)} (or null), got {settings!r}.")
+    unknown = sorted(set(settings) - set(SPAN_GRID_SETTINGS))
+    if unknown:
+        raise ValueError(f"span_grid: unknown settings {unknown}; it takes {sorted(SPAN_GRID_SETTINGS)}.")
+    checked = {**SPAN_GRID_SETTINGS, **settings}
+    for name, value in checked.items():
+        low = 0 if name == "depth" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"span_grid: {name} must be an integer >= {low}, got {value!r}.")
+    if checked["kernel"] % 2 == 0:
+        raise ValueError(f"span_grid: kernel must be odd (a centred window), got {checked['kernel']}.")
+    if checked["head_size"] % 2:
+        raise ValueError(f"span_grid: head_size must be even (RoPE), got {checked['head_size']}.")
+    return checked
+
+
 # Initial value of the learned per-type score offset. An untrained head scores spans
 # around 0, so with no offset it "predicts" half of all O(n^2) candidates: millions of
 # spans on a dev set, which makes the first evaluations crawl. Starting well below the
@@ -163,15 +254,16 @@ class _SpanScorer(nn.Module):
 
     def __init__(
         self, width: int, head_size: int, n_types: int, rope: bool, initial_offset: float = INITIAL_OFFSET,
-        span_evidence: bool = False,
+        span_evidence: bool = False, span_grid: Optional[dict] = None,
     ):
         super().__init__()
         self.head_size = head_size
         self.n_types = n_types
         self.rope = RotaryPositionEmbedding(head_size) if rope else None
         self.offset = nn.Parameter(torch.full((n_types,), float(initial_offset)))
-        # Absent (not just unused) when off, so that heads saved without it load unchanged.
+        # Absent (not just unused) when off, so that heads saved without them load unchanged.
         self.evidence = SpanEvidence(width, n_types) if span_evidence else None
+        self.grid = SpanGrid(width, n_types, **span_grid) if span_grid is not None else None
 
     def _scores(self, qk: torch.Tensor, band: int) -> torch.Tensor:
         """qk: (batch, heads, n, 2 * head_size), q then k (any strides) -> (batch, heads, n, band).
@@ -199,6 +291,8 @@ class _SpanScorer(nn.Module):
         scores = scores.float() + self.offset[None, :, None, None]
         if self.evidence is not None:
             scores = scores + self.evidence(X, scores.shape[-1])
+        if self.grid is not None:
+            scores = scores + self.grid(X, lengths, scores)
         mask = band_candidate_mask(lengths, scores.shape[2], scores.shape[3])
         # In place: the addition's backward does not need its output.
         return scores.masked_fill_(~mask[:, None], torch.finfo(scores.dtype).min)
@@ -221,9 +315,9 @@ class GlobalPointerHead(_SpanScorer):
 
     def __init__(
         self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True,
-        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False,
+        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False, span_grid: Optional[dict] = None,
     ):
-        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence)
+        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence, span_grid)
         self.proj = nn.Linear(width, n_types * head_size * 2)
 
     def forward(
@@ -246,9 +340,9 @@ class EfficientGlobalPointerHead(_SpanScorer):
 
     def __init__(
         self, width: int, n_types: int, *, head_size: int = 64, rope: bool = True,
-        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False,
+        initial_offset: float = INITIAL_OFFSET, span_evidence: bool = False, span_grid: Optional[dict] = None,
     ):
-        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence)
+        super().__init__(width, head_size, n_types, rope, initial_offset, span_evidence, span_grid)
         self.proj = nn.Linear(width, head_size * 2)
         self.bias = nn.Linear(head_size * 2, n_types * 2)
 
