@@ -260,6 +260,12 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[SpanScores, 
     tok2vec = model.get_ref("tok2vec")
     head = model.get_ref("head")
     ops = model.ops
+    if not any(len(doc) for doc in docs):
+        # Nothing to score. The tok2vec is not called: spacy-transformers' listener cannot
+        # pool a batch in which no doc has a token (it concatenates an empty list).
+        groups = [list(range(len(docs)))] if docs else []
+        arrays = [ops.alloc4f(len(docs), model.get_dim("nO"), 0, 0) for _ in groups]
+        return SpanScores(arrays, groups, [0] * len(docs)), lambda d_scores: []
     Xs, backprop_tok2vec = tok2vec(docs, is_train)
     lengths = [len(x) for x in Xs]
     n_max = max(lengths, default=0)

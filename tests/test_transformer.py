@@ -100,7 +100,8 @@ def _span_tuples(doc):
     return [(s.start, s.end, s.label_) for s in doc.spans[KEY]]
 
 
-def _trf_nlp(lang, model_dir, *, window=16, stride=12, head_size=16):
+def _trf_nlp(lang, model_dir, *, window=16, stride=12, head_size=16,
+             architecture="spacy-globalpointer.GlobalPointer.v1"):
     """transformer + global_pointer built in Python, as gpu_trf.cfg builds them."""
     nlp = spacy.blank(lang)
     nlp.add_pipe(
@@ -122,7 +123,7 @@ def _trf_nlp(lang, model_dir, *, window=16, stride=12, head_size=16):
         "global_pointer",
         config={
             "model": {
-                "@architectures": "spacy-globalpointer.GlobalPointer.v1",
+                "@architectures": architecture,
                 "head_size": head_size,
                 "tok2vec": {
                     "@architectures": "spacy-transformers.TransformerListener.v1",
@@ -337,6 +338,68 @@ def test_trained_pipeline_reloads_with_identical_predictions(trained_dir, which)
         scores = nlp.get_pipe("global_pointer").predict(docs[:3])
         for i in range(3):
             numpy.testing.assert_allclose(scores.doc(i), expected.doc(i), rtol=1e-5, atol=1e-5)
+
+
+# -- empty docs ---------------------------------------------------------------------
+
+EMPTY_BATCHES = {"one_empty": [""], "empty_and_whitespace": ["", " ", "\n\n", "\t"], "all_empty": ["", "", ""]}
+
+
+@pytest.mark.parametrize("which", ["model-best"])
+def test_empty_and_whitespace_texts_through_a_trained_transformer_pipeline(trained_dir, which):
+    """Blank lines are everyday input: nlp(""), batches of only empty or whitespace docs,
+    and empty docs among others give no spans and no error (the listener cannot pool a
+    batch without a token, so global_pointer does not call it then)."""
+    output, _, _, data = trained_dir
+    nlp = spacy.load(output / which)
+    assert len(nlp("").spans[KEY]) == 0 and nlp("").spans[KEY].attrs["scores"].shape == (0,)
+    for texts in EMPTY_BATCHES.values():
+        docs = list(nlp.pipe(texts, batch_size=2))
+        assert [doc.text for doc in docs] == texts and not any(len(doc.spans[KEY]) for doc in docs)
+    mixed = ["", data[0][0], " ", data[1][0], ""]
+    together = list(nlp.pipe(mixed, batch_size=5))
+    for text, doc in zip(mixed, together):
+        assert _span_tuples(doc) == _span_tuples(nlp(text))
+    assert sum(len(doc.spans[KEY]) for doc in together) > 0
+
+
+@pytest.mark.parametrize("architecture", ["spacy-globalpointer.GlobalPointer.v1",
+                                          "spacy-globalpointer.EfficientGlobalPointer.v1"])
+def test_predict_and_update_on_only_empty_docs_leave_the_listener_alone(tiny_bert, architecture):
+    nlp = _trf_nlp("zh", tiny_bert, architecture=architecture)
+    optimizer = nlp.initialize(lambda: _examples(nlp, ZH_DATA))
+    gp = nlp.get_pipe("global_pointer")
+    for texts in EMPTY_BATCHES.values():
+        docs = [nlp.make_doc(text) for text in texts]
+        for _, proc in nlp.pipeline:  # the transformer runs, as in nlp.pipe
+            proc.set_annotations(docs, proc.predict(docs))
+        if not any(len(doc) for doc in docs):
+            scores = gp.predict(docs)
+            assert scores.lengths == [0] * len(docs) and all(group.size == 0 for group in scores.groups)
+        examples = [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in texts]
+        losses = nlp.update(examples, sgd=optimizer)
+        if any(len(doc) for doc in docs):  # whitespace is a token: its spans are negatives
+            assert 0.0 <= losses["global_pointer"] < float("inf")
+        else:
+            assert losses["global_pointer"] == 0.0
+    before = gp.model.get_ref("head").shims[0]._model.offset.detach().clone()
+    losses = nlp.update(_examples(nlp, ZH_DATA), sgd=optimizer)  # and it still learns after
+    assert losses["global_pointer"] > 0
+    assert not torch.equal(gp.model.get_ref("head").shims[0]._model.offset, before)
+
+
+def test_annotate_a_file_of_blank_lines_with_a_transformer_pipeline(trained_dir, tmp_path):
+    from spacy_globalpointer.annotate import annotate
+
+    output, _, _, data = trained_dir
+    corpus = tmp_path / "blank.txt"
+    corpus.write_text("\n\n  \n" + data[0][0] + "\n\n", encoding="utf8")
+    summary = annotate(str(output / "model-best"), corpus, tmp_path / "out", progress=False, batch_size=2)
+    records = [srsly.json_loads(line) for path in sorted((tmp_path / "out" / "shards").glob("*.jsonl"))
+               for line in path.read_text(encoding="utf8").splitlines()]
+    assert [record["text"] for record in records] == ["", "", "  ", data[0][0], ""]
+    assert [record["spans"] for record in records[:3] + records[4:]] == [[]] * 4
+    assert summary["docs"] == 5 and summary["errors"] == 0
 
 
 # -- wordpiece alignment and long docs -------------------------------------------
