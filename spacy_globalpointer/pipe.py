@@ -22,7 +22,7 @@ from thinc.api import Config, Model, Optimizer, get_array_module
 from thinc.types import ArrayXd
 from thinc.util import convert_recursive, is_xp_array
 
-from .loss import multilabel_categorical_crossentropy
+from .loss import loss_and_gradient
 from .model import SpanScores, build_head
 from .scoring import recall_by_kind
 
@@ -292,12 +292,14 @@ def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple
         if not group.size:
             continue
         bar = cut_bar(cuts, group.dtype)
-        rows, label_ids, starts, offsets = (ops.to_numpy(x) for x in ops.xp.nonzero(above_threshold(group, bar)))
+        where = ops.xp.nonzero(above_threshold(group, bar))
+        # Gathered on the device, then two copies to the host (indices, logits) per group.
+        values = ops.to_numpy(group[where])
+        rows, label_ids, starts, offsets = ops.to_numpy(ops.xp.stack(where)) if len(values) else (
+            numpy.zeros((4, 0), dtype="int64"))
         doc_ids = numpy.asarray(ids)[rows]
         inside = starts + offsets < lengths[doc_ids]
-        where = [x[inside] for x in (rows, label_ids, starts, offsets)]
-        values = ops.to_numpy(group[tuple(ops.asarray(x) for x in where)])
-        found.append([doc_ids[inside]] + where[1:] + [values])
+        found.append([doc_ids[inside]] + [x[inside] for x in (label_ids, starts, offsets, values)])
     return tuple(numpy.concatenate(column) for column in zip(*found))
 
 
@@ -717,7 +719,7 @@ class GlobalPointer(TrainablePipe):
         _check_batch([eg.predicted for eg in examples], scores, "get_loss")
         gold = [self._gold_candidates(eg, i) for i, eg in enumerate(examples)]
         n_rows = len(examples) * len(self.labels)
-        loss, d_groups = 0.0, []
+        losses, d_groups = [], []
         for group, ids in zip(scores.groups, scores.doc_ids):
             group_gold = [gold[i] for i in ids]
             group_lengths = [scores.lengths[i] for i in ids]
@@ -729,10 +731,11 @@ class GlobalPointer(TrainablePipe):
                 targets = self._targets(group.shape, group_gold)
             lengths = self.model.ops.asarray1i(group_lengths)
             mask = self.model.ops.xp.broadcast_to(self._candidate_mask(lengths, group.shape), group.shape)
-            group_loss, d_group = multilabel_categorical_crossentropy(group, targets, mask, n_rows=n_rows)
-            loss += group_loss
+            group_loss, d_group = loss_and_gradient(group, targets, mask, n_rows=n_rows)
+            losses.append(group_loss)
             d_groups.append(d_group)
-        return loss, scores.with_groups(d_groups)
+        # One read of the loss per batch (a GPU sync), not one per group.
+        return float(sum(losses)) if losses else 0.0, scores.with_groups(d_groups)
 
     def _gold_candidates(self, eg: Example, index: int) -> List[Tuple[int, int, int]]:
         """(label, start, offset) of each gold span of doc `index`, aligned to its tokens."""
@@ -760,7 +763,8 @@ class GlobalPointer(TrainablePipe):
         ]
         targets = ops.xp.zeros(shape, dtype="bool")
         if where:
-            targets[tuple(ops.asarray1i(list(column)) for column in zip(*where))] = True
+            index = ops.asarray2i(numpy.asarray(where, dtype="int32").T)  # one copy to the device
+            targets[tuple(index)] = True
         return targets
 
     def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
