@@ -14,7 +14,9 @@ for `--steps` updates, evaluating every `--eval-frequency`, then `nlp.pipe` over
 - `gp: targets+loss`: gold targets and the multi-label cross-entropy (`get_loss`);
 - `gp: update`: the rest of global_pointer's update (checks);
 - `optimizer`: `finish_update` of every component;
-- `gp: decode+set_annotations`, `gp: predict`, `tokenizer`, `evaluate`, `scorer`.
+- `gp: decode+set_annotations`, `gp: predict`, `tokenizer`, `evaluate`, `scorer`;
+- `corpus reading`: spaCy's Corpus turning the DocBin into Examples (in initialization, the
+  training loop and evaluation), `gp: initialize`, `trf: initialize`.
 
 Times are exclusive (a stage's nested stages are not counted in it). On a GPU (`--gpu-id 0`),
 `torch.cuda.synchronize()` runs before each reading, so that a stage is charged for the GPU work it
@@ -34,6 +36,7 @@ import time
 START = time.perf_counter()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -110,6 +113,7 @@ def timed_method(profile: Profile, cls: type, method: str, name: str, before: Op
                  after: Optional[Callable] = None) -> None:
     original = getattr(cls, method)
 
+    @functools.wraps(original)  # spaCy reads initialize()'s signature
     def wrapper(self, *args, **kwargs):
         if before:
             before()
@@ -137,6 +141,38 @@ def timed_model(profile: Profile, model, forward_name: str, backward_name: str) 
         return Y, timed_backprop
 
     model._func = forward
+
+
+def timed_generator(profile: Profile, cls: type, method: str, name: str) -> None:
+    """Time each item a generator method yields (reading a corpus is lazy)."""
+    original = getattr(cls, method)
+
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        items = iter(original(self, *args, **kwargs))
+        while True:
+            with profile.stage(name):
+                item = next(items, StopIteration)
+            if item is StopIteration:
+                return
+            yield item
+
+    setattr(cls, method, wrapper)
+
+
+def instrument_initialization(profile: Profile) -> None:
+    """Before the pipeline exists: its components' initialize and every read of a corpus."""
+    from spacy.training.corpus import Corpus
+
+    from spacy_globalpointer.pipe import GlobalPointer
+
+    timed_generator(profile, Corpus, "__call__", "corpus reading")
+    timed_method(profile, GlobalPointer, "initialize", "gp: initialize")
+    try:
+        from spacy_transformers import Transformer
+    except ImportError:
+        return
+    timed_method(profile, Transformer, "initialize", "trf: initialize")
 
 
 def instrument(nlp, profile: Profile) -> None:
@@ -219,6 +255,10 @@ def run(args: argparse.Namespace, overrides: Dict[str, str]) -> Dict[str, Any]:
 
     import spacy_globalpointer  # noqa: F401
 
+    try:
+        import spacy_transformers  # noqa: F401  (imported here, so that its import counts as one)
+    except ImportError:
+        pass
     if args.threads:
         torch.set_num_threads(args.threads)
     on_gpu = args.gpu_id >= 0
@@ -235,7 +275,10 @@ def run(args: argparse.Namespace, overrides: Dict[str, str]) -> Dict[str, Any]:
         settings["components.transformer.model.name"] = args.model
     config = load_config(args.config, overrides={k: _value(v) for k, v in settings.items()}, interpolate=False)
     start = time.perf_counter()
-    nlp = init_nlp(config, use_gpu=args.gpu_id)
+    instrument_initialization(profile)
+    profile.phase = "initialize"
+    with profile.stage("initialize: the rest"):
+        nlp = init_nlp(config, use_gpu=args.gpu_id)
     profile.marks["initialized"] = time.perf_counter() - START
     initialize_s = time.perf_counter() - start
     instrument(nlp, profile)
@@ -254,9 +297,10 @@ def run(args: argparse.Namespace, overrides: Dict[str, str]) -> Dict[str, Any]:
     synchronize()
     infer_wall = time.perf_counter() - start
     steps = sorted({r["step"] for r in profile.records if r["phase"] == "train"})
-    # "step", "optimizer" (which the loop calls after each step) and "evaluate" are never nested
-    # in one another: the rest of the loop's time is corpus reading, batching and logging.
-    in_stages = sum(r["seconds"] for r in profile.records if r["name"] in ("step", "optimizer", "evaluate"))
+    # "step", "optimizer" (which the loop calls after each step), "evaluate" and the loop's own
+    # reading of the corpus are never nested in one another: the rest is batching and logging.
+    in_stages = sum(r["seconds"] for r in profile.records if r["name"] in ("step", "optimizer", "evaluate")
+                    or (r["name"] == "corpus reading" and r["phase"] != "initialize" and r["phase"] != "evaluate"))
     evaluations = sum(1 for r in profile.records if r["name"] == "evaluate")
     report = {
         "command": "python benchmarks/step_profile.py " + " ".join(sys.argv[1:]),
@@ -266,6 +310,9 @@ def run(args: argparse.Namespace, overrides: Dict[str, str]) -> Dict[str, Any]:
         "batch_size": args.batch_size, "infer_batches": args.infer_batches, "infer_words": words,
         "marks_s": profile.marks, "initialize_s": initialize_s, "train_wall_s": train_wall,
         "infer_wall_s": infer_wall, "infer_words_per_s": words / infer_wall if infer_wall else None,
+        "initialization": shares(summarize(profile, "initialize"), ("gp: initialize",), 1),
+        "corpus_reading_in_loop_s": sum(r["seconds"] for r in profile.records
+                                        if r["name"] == "corpus reading" and r["phase"] != "initialize"),
         "first_step": shares(summarize(profile, "train", steps[:1]), PROJECT_TRAIN, 1),
         "steady_steps": shares(summarize(profile, "train", steps[1:]), PROJECT_TRAIN, len(steps) - 1),
         "evaluation": shares(summarize(profile, "evaluate"), PROJECT_INFER, evaluations),
@@ -284,7 +331,7 @@ def _value(text: str) -> Any:
 
 
 def _table(title: str, part: Dict[str, Any], unit: str) -> List[str]:
-    unit_one = {"steps": "step", "evaluations": "evaluation", "batches": "batch"}[unit]
+    unit_one = {"steps": "step", "evaluations": "evaluation", "batches": "batch", "runs": "run"}[unit]
     lines = [f"**{title}** ({part['units']} {unit}, {part['per_unit_s'] * 1000:.1f} ms per {unit_one}; "
              f"project's own code {part['project_share'] * 100:.1f}%)", "",
              f"| stage | ms per {unit_one} | share |", "|---|---:|---:|"]
@@ -305,10 +352,13 @@ def write_markdown(path: Path, report: Dict[str, Any]) -> None:
     for name, seconds in marks.items():
         lines.append(f"| {name} | {seconds:.1f} |")
     lines += ["", f"Training loop: {report['train_wall_s']:.1f} s for {report['steps']} steps and "
-              f"{report['evaluations']} evaluations, of which {report['train_loop_other_s']:.2f} s outside the timed stages "
-              "(corpus reading, batching, logging). Inference: "
+              f"{report['evaluations']} evaluations; reading the corpus (DocBin to Examples) took "
+              f"{report['corpus_reading_in_loop_s']:.2f} s of it and batching and logging {report['train_loop_other_s']:.2f} s. "
+              "Inference: "
               f"{report['infer_words']} words in {report['infer_wall_s']:.2f} s "
               f"({report['infer_words_per_s']:.0f} words/s, batch size {report['batch_size']}).", ""]
+    lines += _table("Initialization (`init_nlp`, what `spacy train` does before the first step)",
+                    report["initialization"], "runs")
     lines += _table("First training step", report["first_step"], "steps")
     lines += _table("Training steps after the first", report["steady_steps"], "steps")
     lines += _table("Evaluation", report["evaluation"], "evaluations")

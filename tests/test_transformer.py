@@ -402,6 +402,35 @@ def test_annotate_a_file_of_blank_lines_with_a_transformer_pipeline(trained_dir,
     assert summary["docs"] == 5 and summary["errors"] == 0
 
 
+def test_step_profile_times_two_steps_on_a_tiny_model(tiny_bert, tmp_path):
+    """benchmarks/step_profile.py end to end (in its own process: it wraps spaCy's classes)."""
+    corpus = _write_corpus(tmp_path / "train.spacy")
+    script = Path(__file__).parent.parent / "benchmarks" / "step_profile.py"
+    out = tmp_path / "profile"
+    command = [sys.executable, str(script), str(CONFIG_PATH), "--train", str(corpus), "--dev", str(corpus),
+               "--model", str(tiny_bert), "--steps", "2", "--eval-frequency", "1", "--infer-batches", "2",
+               "--batch-size", "3", "--threads", "1", "--out", str(out), "--training.batcher.size", "24"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = srsly.read_json(out / "step_profile.json")
+    marks = report["marks_s"]
+    assert marks["imports"] < marks["initialized"] < marks["first step"] <= marks["first evaluation"]
+    assert report["evaluations"] >= 2 and report["infer_words"] == sum(
+        len(text) for text, _ in (ZH_DATA * 2)[:6])
+    steady = report["steady_steps"]["stages"]
+    for stage in ("trf: torch forward", "trf: torch backward", "trf: tokenize+align", "listener pooling",
+                  "gp: head forward", "gp: head backward", "gp: targets+loss", "optimizer"):
+        assert steady[stage]["seconds"] > 0, stage
+    assert sum(stage["share"] for stage in steady.values()) == pytest.approx(1.0)
+    inference = report["inference"]["stages"]
+    assert {"trf: torch forward", "gp: head forward", "gp: decode+set_annotations"} <= set(inference)
+    assert 0 < report["inference"]["project_share"] < 1 and 0 < report["steady_steps"]["project_share"] < 1
+    assert report["initialization"]["stages"]["corpus reading"]["seconds"] > 0
+    markdown = (out / "step_profile.md").read_text(encoding="utf8")
+    assert "| first evaluation |" in markdown and "**Training steps after the first**" in markdown
+
+
 # -- wordpiece alignment and long docs -------------------------------------------
 
 
