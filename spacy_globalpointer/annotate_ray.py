@@ -1,7 +1,7 @@
 """The Ray engine of `annotate` (`engine="ray"`): Ray Data reads the shards, an actor pool annotates.
 
 Imported only for `--engine ray`; needs the `ray` extra (`pip install "spacy-globalpointer[ray]"`).
-The shards, files and resume rules are the local engine's (see `annotate.py`). The pipeline:
+The shards, files and resume rules are shared with the local engine (see `annotate_jobs.py`). The pipeline:
 
     from_items(one item per pending shard, one block each)
       -> flat_map(read_shard_rows)                one flat row per input line
@@ -27,10 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Type
 
 import numpy
 
-from .annotate import (
-    Job, Line, RunStats, Shard, ShardResult, WorkerStats, annotate_records, check_errors, load_pipeline,
-    peak_rss_mb, read_shard, write_shard,
-)
+from .annotate_jobs import Job, Line, RunStats, Shard, ShardResult, WorkerStats, peak_rss_mb, write_shard
+from .annotate_shard import annotate_records, check_errors, load_pipeline, read_shard
 
 OUTPUT_COLUMNS = ("shard", "line", "output", "is_error", "n_tokens", "n_spans", "pid", "peak_rss_mb")
 
