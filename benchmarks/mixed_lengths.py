@@ -279,7 +279,7 @@ def child_infer(spec: Dict[str, Any]) -> Dict[str, Any]:
     }
     if spec["profile"]:
         sys.path.insert(0, str(HERE))
-        from compare import _timed_components
+        from compare_run import _timed_components
 
         profile = _timed_components(nlp, texts, spec["batch_size"])
         total = sum(part["total"] for part in profile.values())

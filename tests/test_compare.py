@@ -29,9 +29,13 @@ MAX_STEPS, EVAL_FREQUENCY = 6, 3  # evaluations at steps 0, 3 and 6
 
 
 def _load_compare():
-    spec = importlib.util.spec_from_file_location("benchmarks_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # compare.py imports its parts (compare_*.py) from its folder
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_compare", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
