@@ -278,7 +278,8 @@ def child_infer(spec: Dict[str, Any]) -> Dict[str, Any]:
         **_package_info(),
     }
     if spec["profile"]:
-        sys.path.insert(0, str(HERE))
+        if str(HERE) not in sys.path:  # run as a script, this folder is there already
+            sys.path.insert(0, str(HERE))
         from compare_run import _timed_components
 
         profile = _timed_components(nlp, texts, spec["batch_size"])
