@@ -23,7 +23,7 @@ from .checks import (
     _check_max_span_length, _check_nested_threshold, _check_threshold, _check_thresholds, upgrade_saved_cfg,
 )
 from .decoding import calibrated_logits, candidates_above, keep_nested, logit_cuts, select_non_overlapping, sigmoid
-from .loss import loss_and_gradient
+from .loss import loss_and_gradient, smoothed_targets
 from .model import SpanScores, build_head
 from .scoring import recall_by_kind
 
@@ -179,36 +179,6 @@ def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any
 @util.registry.scorers("spacy-globalpointer.scorer.v1")
 def make_global_pointer_scorer() -> Callable:
     return global_pointer_score
-
-
-def smoothed_targets(
-    shape: Tuple[int, int, int, int], gold: List[List[Tuple[int, int, int]]], lengths: List[int],
-    epsilon: float, distance: int,
-) -> numpy.ndarray:
-    """Boundary-smoothed targets (Zhu and Li 2022), float32 of `shape` (docs, labels, n, band).
-
-    `gold[r]` holds (label, start, width - 1) of doc r's gold spans. Each gold span inside the
-    band keeps 1 - epsilon and gives epsilon / K to each of the K candidates of its label that
-    lie within `distance` boundary steps (|start - start'| + |end - end'| <= distance: inside
-    the doc of `lengths[r]` tokens, start' <= end', within the band); with no such candidate
-    it keeps 1. Where contributions meet, they add up, capped at 1.
-    """
-    n, band = shape[2], shape[3]
-    targets = numpy.zeros(shape, dtype="float32")
-    steps = [(a, b) for a in range(-distance, distance + 1) for b in range(-distance, distance + 1)
-             if 0 < abs(a) + abs(b) <= distance]
-    for row, spans in enumerate(gold):
-        n_doc = lengths[row]
-        for label, start, offset in spans:
-            end = start + offset
-            if offset >= band or end >= n:
-                continue
-            near = [(start + a, end + b) for a, b in steps]
-            near = [(s, e) for s, e in near if 0 <= s <= e < n_doc and e - s < band]
-            targets[row, label, start, offset] += 1.0 - epsilon if near else 1.0
-            for s, e in near:
-                targets[row, label, s, e - s] += epsilon / len(near)
-    return numpy.minimum(targets, 1.0, out=targets)
 
 
 class GlobalPointer(TrainablePipe):
