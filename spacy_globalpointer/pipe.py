@@ -7,7 +7,6 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy
-import srsly
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -16,7 +15,6 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer
-from thinc.util import convert_recursive, is_xp_array
 
 from .checks import (
     SCORE_SCALE, _check_batch, _check_boundary_smoothing, _check_calibration, _check_gold_spans,
@@ -24,8 +22,9 @@ from .checks import (
 )
 from .decoding import calibrated_logits, candidates_above, keep_nested, logit_cuts, select_non_overlapping, sigmoid
 from .loss import loss_and_gradient, smoothed_targets
-from .model import SpanScores, build_head
+from .model import SpanScores
 from .scoring import recall_by_kind
+from .serialization import _load_model_bytes
 
 # Moved out of this module; still importable from here, as users, tests and benchmarks do.
 from .checks import threshold_for_logit  # noqa: F401
@@ -584,65 +583,8 @@ class GlobalPointer(TrainablePipe):
         with self.model.use_params(params):
             yield
 
-    # Serialization: restore cfg (labels) first, build the head, then load its weights.
-
-    def _prepare_model_for_weights(self, saved_nodes: List[Dict[str, Any]]) -> None:
-        self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
-        if not self.model.has_ref("head"):
-            if not self.labels:
-                raise ValueError("global_pointer: the saved component has no labels; the model data is incomplete.")
-            self.model.set_dim("nO", len(self.labels))
-            if not self.model.has_dim("nI"):
-                tok2vec = self.model.get_ref("tok2vec")
-                if tok2vec.has_dim("nO"):
-                    self.model.set_dim("nI", tok2vec.get_dim("nO"))
-                else:
-                    # A TransformerListener learns its width only at initialize(), which
-                    # loading skips; the saved model records the width the head was built with.
-                    self.model.set_dim("nI", _saved_width(saved_nodes))
-            build_head(self.model)
-
-    def _load_model_bytes(self, data: bytes, source: str) -> None:
-        """Load the model data, saying clearly when it is damaged or does not fit."""
-        try:
-            msg = srsly.msgpack_loads(data)
-            if not isinstance(msg, dict) or not isinstance(msg.get("nodes"), list):
-                raise TypeError(f"expected a Thinc model dict, got {type(msg).__name__}")
-        except Exception as err:
-            raise ValueError(
-                f"global_pointer: could not read the model data in {source} ({len(data)} "
-                f"bytes): it is truncated or corrupted ({type(err).__name__}: {err})."
-            ) from err
-        self._prepare_model_for_weights(msg["nodes"])
-        self._check_saved_dims(msg["nodes"], source)
-        self.model.from_dict(convert_recursive(is_xp_array, self.model.ops.asarray, msg))
-
-    def _check_saved_dims(self, saved_nodes: List[Dict[str, Any]], source: str) -> None:
-        """Compare the saved layer dims with the model the config and cfg built.
-
-        Thinc would fail on the first mismatch with "Attempt to change dimension";
-        this names the component and what to check instead.
-        """
-        nodes = list(self.model.walk())
-        if len(saved_nodes) == len(nodes):
-            mismatches = [
-                f"{node.name}.{dim}: saved {value}, configured {node.get_dim(dim)}"
-                for node, info in zip(nodes, saved_nodes)
-                for dim, value in (info.get("dims") or {}).items()
-                if value is not None and node.has_dim(dim) is True and node.get_dim(dim) != value
-            ]
-            if not mismatches:
-                return
-            found = "; ".join(mismatches[:6]) + ("; ..." if len(mismatches) > 6 else "")
-        else:
-            found = f"{len(saved_nodes)} layers saved, {len(nodes)} configured"
-        raise ValueError(
-            f"global_pointer: the saved model in {source} does not match the head this "
-            f"pipeline builds ({found}). The head's nO is the number of labels in cfg "
-            f"({len(self.labels)}: {list(self.labels)}) and nI the tok2vec width; labels, "
-            "the model config (widths, architecture) and the weights must come from the "
-            "same training run."
-        )
+    # Serialization: restore cfg (labels) first, build the head, then load its weights
+    # (`_load_model_bytes` in serialization.py).
 
     def _restore_cfg(self, saved: Dict[str, Any], where: str) -> None:
         """Take the saved cfg (converted if it predates probabilities) and check it."""
@@ -679,7 +621,9 @@ class GlobalPointer(TrainablePipe):
         deserialize = {
             "cfg": lambda b: self._restore_cfg(json.loads(b), "the component's bytes"),
             "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
-            "model": lambda b: self._load_model_bytes(b, "the component's bytes"),
+            "model": lambda b: _load_model_bytes(
+                self.model, self.labels, self.max_span_length, b, "the component's bytes"
+            ),
         }
         util.from_bytes(bytes_data, deserialize, exclude)
         return self
@@ -687,7 +631,7 @@ class GlobalPointer(TrainablePipe):
     def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(p) -> None:
             with open(p, "rb") as file_:
-                self._load_model_bytes(file_.read(), str(p))
+                _load_model_bytes(self.model, self.labels, self.max_span_length, file_.read(), str(p))
 
         deserialize = {
             "cfg": lambda p: self._restore_cfg(json.loads(Path(p).read_text(encoding="utf8")), str(p)),
@@ -696,14 +640,3 @@ class GlobalPointer(TrainablePipe):
         }
         util.from_disk(path, deserialize, exclude)
         return self
-
-
-def _saved_width(saved_nodes: List[Dict[str, Any]]) -> int:
-    """The input width (nI) stored with a serialized global_pointer model (its root node)."""
-    width = (saved_nodes[0].get("dims") or {}).get("nI") if saved_nodes else None
-    if width is None:
-        raise ValueError(
-            "global_pointer: the saved model does not record its input width (nI) and the "
-            "tok2vec layer does not know it either; the model data is incomplete."
-        )
-    return int(width)
