@@ -18,8 +18,9 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import minibatch
 
+from .decoding import calibrated_logits, candidates_above, logit_cuts, sigmoid
 from .evaluate import unannotated_doc
-from .pipe import GlobalPointer, calibrated_logits, candidates_above, logit_cuts, sigmoid
+from .pipe import GlobalPointer
 
 PathLike = Union[str, Path]
 N_BINS = 15

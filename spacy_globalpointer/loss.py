@@ -22,10 +22,12 @@ loss stays well-defined and convex in s, and the weights enter as log-weights ad
 the logits (log 0 = -inf: absent). For one candidate alone the minimum is where
 y exp(-s) = (1 - y) exp(s), i.e. s* = logit(y) / 2: a target of 1 - epsilon asks for a
 finite score instead of an ever larger one, a small target for a score below the
-decision boundary s = 0 but closer to it than a hard negative's.
+decision boundary s = 0 but closer to it than a hard negative's. `smoothed_targets`
+builds such targets for boundary smoothing.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
+import numpy
 from thinc.types import ArrayXd, Floats2d, Floats4d
 from thinc.api import get_array_module
 
@@ -82,3 +84,33 @@ def loss_and_gradient(
     # exp(-inf) = 0 where a candidate is absent from a sum.
     d_flat = xp.exp(neg_logits - neg_lse) - xp.exp(pos_logits - pos_lse)
     return loss, (d_flat / rows).reshape(scores.shape).astype(scores.dtype)
+
+
+def smoothed_targets(
+    shape: Tuple[int, int, int, int], gold: List[List[Tuple[int, int, int]]], lengths: List[int],
+    epsilon: float, distance: int,
+) -> numpy.ndarray:
+    """Boundary-smoothed targets (Zhu and Li 2022), float32 of `shape` (docs, labels, n, band).
+
+    `gold[r]` holds (label, start, width - 1) of doc r's gold spans. Each gold span inside the
+    band keeps 1 - epsilon and gives epsilon / K to each of the K candidates of its label that
+    lie within `distance` boundary steps (|start - start'| + |end - end'| <= distance: inside
+    the doc of `lengths[r]` tokens, start' <= end', within the band); with no such candidate
+    it keeps 1. Where contributions meet, they add up, capped at 1.
+    """
+    n, band = shape[2], shape[3]
+    targets = numpy.zeros(shape, dtype="float32")
+    steps = [(a, b) for a in range(-distance, distance + 1) for b in range(-distance, distance + 1)
+             if 0 < abs(a) + abs(b) <= distance]
+    for row, spans in enumerate(gold):
+        n_doc = lengths[row]
+        for label, start, offset in spans:
+            end = start + offset
+            if offset >= band or end >= n:
+                continue
+            near = [(start + a, end + b) for a, b in steps]
+            near = [(s, e) for s, e in near if 0 <= s <= e < n_doc and e - s < band]
+            targets[row, label, start, offset] += 1.0 - epsilon if near else 1.0
+            for s, e in near:
+                targets[row, label, s, e - s] += epsilon / len(near)
+    return numpy.minimum(targets, 1.0, out=targets)

@@ -1,15 +1,12 @@
 """The `global_pointer` pipeline component: nested and flat entities in `doc.spans`."""
 import json
-import math
-import numbers
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy
-import srsly
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -17,13 +14,21 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, get_array_module
-from thinc.types import ArrayXd
-from thinc.util import convert_recursive, is_xp_array
+from thinc.api import Config, Model, Optimizer
 
-from .loss import loss_and_gradient
-from .model import SpanScores, build_head
+from .checks import (
+    SCORE_SCALE, _check_batch, _check_boundary_smoothing, _check_calibration, _check_gold_spans,
+    _check_max_span_length, _check_nested_threshold, _check_threshold, _check_thresholds, upgrade_saved_cfg,
+)
+from .decoding import calibrated_logits, candidates_above, keep_nested, logit_cuts, select_non_overlapping, sigmoid
+from .loss import loss_and_gradient, smoothed_targets
+from .model import SpanScores
 from .scoring import recall_by_kind
+from .serialization import _load_model_bytes
+
+# Moved out of this module; still importable from here, as users, tests and benchmarks do.
+from .checks import threshold_for_logit  # noqa: F401
+from .decoding import above_threshold, cut_bar  # noqa: F401
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -52,9 +57,6 @@ maxout_pieces = 3
 DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
 DEFAULT_SPANS_KEY = "sc"
 DEFAULT_THRESHOLD = 0.5
-# Written to cfg since thresholds and scores are probabilities. A saved cfg without it is
-# from before, when `threshold` was a logit: loading converts it (see upgrade_saved_cfg).
-SCORE_SCALE = "probability"
 
 
 def score_weights_for(spans_key: str, write_ents: bool = False) -> Dict[str, float]:
@@ -176,260 +178,6 @@ def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any
 @util.registry.scorers("spacy-globalpointer.scorer.v1")
 def make_global_pointer_scorer() -> Callable:
     return global_pointer_score
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_probability(value: Any, what: str, where: str = "") -> float:
-    """`value` as a float in [0, 1]; ValueError naming `what` (and `where`) otherwise."""
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"global_pointer: {what} must be a probability in [0, 1], got {value!r}{where}.")
-    return float(value)
-
-
-def _check_threshold(threshold: Any, name: str = "global_pointer") -> float:
-    if _is_number(threshold) and math.isfinite(threshold) and not 0.0 <= threshold <= 1.0:
-        # Most likely a logit from a config or pipeline written before thresholds were
-        # probabilities: say what the old value means now and how to load such a pipeline.
-        raise ValueError(
-            f"global_pointer: threshold must be a probability in [0, 1], got {threshold!r} "
-            f"(component {name!r}). Thresholds used to be logits: "
-            f"a logit threshold s is the probability 1 / (1 + exp(-s)) now, and the old default "
-            f"0.0 is 0.5. To load a pipeline saved with a logit threshold, override it when "
-            f"loading, e.g. spacy.load(path, config={{'components': {{{name!r}: {{'threshold': "
-            f"0.5}}}}}}): the logit saved in its cfg is then converted, keeping its decisions."
-        )
-    return _check_probability(threshold, "threshold", f" (component {name!r})")
-
-
-def _check_nested_threshold(value: Any, name: str = "global_pointer") -> Optional[float]:
-    if value is None:
-        return None
-    return _check_probability(value, "nested_threshold", f" (component {name!r}; None turns it off)")
-
-
-def _check_thresholds(thresholds: Any, labels: Sequence[str]) -> Dict[str, float]:
-    """Per-label thresholds as a plain dict; ValueError naming the label and value at fault.
-
-    Labels are only checked once the component has them (after initialize or loading).
-    """
-    if not isinstance(thresholds, Mapping):
-        raise ValueError(
-            f"global_pointer: thresholds must be a dict of label -> probability, got {thresholds!r}."
-        )
-    checked = {}
-    for label, value in thresholds.items():
-        if not isinstance(label, str):
-            raise ValueError(f"global_pointer: thresholds keys must be labels (strings), got {label!r}.")
-        checked[label] = _check_probability(value, f"thresholds[{label!r}]")
-        if labels and label not in labels:
-            raise ValueError(
-                f"global_pointer: thresholds[{label!r}] = {value!r} names a label the component "
-                f"does not have; its labels are {list(labels)}."
-            )
-    return checked
-
-
-def _check_calibration(calibration: Any, labels: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """Per-label Platt parameters {label: {"scale": a > 0, "bias": b}} as a plain dict."""
-    if not isinstance(calibration, Mapping):
-        raise ValueError(
-            f"global_pointer: calibration must be a dict of label -> {{'scale', 'bias'}}, got {calibration!r}."
-        )
-    checked = {}
-    for label, params in calibration.items():
-        if labels and label not in labels:
-            raise ValueError(
-                f"global_pointer: calibration names label {label!r}, which the component does not "
-                f"have; its labels are {list(labels)}."
-            )
-        scale = params.get("scale") if isinstance(params, Mapping) else None
-        bias = params.get("bias") if isinstance(params, Mapping) else None
-        if not (_is_number(scale) and math.isfinite(scale) and scale > 0 and _is_number(bias) and math.isfinite(bias)):
-            raise ValueError(
-                f"global_pointer: calibration[{label!r}] must be {{'scale': a, 'bias': b}} with a "
-                f"finite a > 0 and a finite b, got {params!r}."
-            )
-        checked[label] = {"scale": float(scale), "bias": float(bias)}
-    return checked
-
-
-def logit_cuts(thresholds: Sequence[float], scales: Sequence[float], biases: Sequence[float]) -> numpy.ndarray:
-    """Per-label cuts on the head's logits, float64.
-
-    p = sigmoid(a * s + b) > t  <=>  s > (logit(t) - b) / a  (a > 0), so decoding compares
-    the logits with one cut per label and never takes a sigmoid of the whole score array.
-    t = 0 gives -inf (every candidate), t = 1 gives +inf (none), t = 0.5 with a = 1, b = 0
-    gives exactly 0.
-    """
-    t = numpy.asarray(thresholds, dtype="float64")
-    with numpy.errstate(divide="ignore"):
-        logit_t = numpy.log(t / (1.0 - t))
-    return (logit_t - numpy.asarray(biases, dtype="float64")) / numpy.asarray(scales, dtype="float64")
-
-
-def cut_bar(cuts: numpy.ndarray, dtype: Any) -> numpy.ndarray:
-    """The cuts in the scores' dtype, clipped to its finite range: what is not a candidate
-    holds the dtype's minimum and never passes, even at threshold 0 (cut -inf)."""
-    limits = numpy.finfo(dtype)
-    return numpy.clip(cuts, limits.min, limits.max).astype(dtype)
-
-
-def candidates_above(ops: Any, scores: SpanScores, cuts: numpy.ndarray) -> Tuple[numpy.ndarray, ...]:
-    """Every candidate span whose logit is above its label's cut, as numpy arrays
-    (doc index, label index, start, width - 1, logit), gathered group by group.
-
-    One comparison per length group (`above_threshold`, the cuts broadcast on the label
-    axis). Only spans inside their doc count: checked on what passed rather than by
-    masking the whole (mostly empty) score array.
-    """
-    found: List[List[numpy.ndarray]] = [[numpy.zeros((0,), "i")] * 4 + [numpy.zeros((0,), "f")]]
-    lengths = numpy.asarray(scores.lengths)
-    for group, ids in zip(scores.groups, scores.doc_ids):
-        if not group.size:
-            continue
-        bar = cut_bar(cuts, group.dtype)
-        where = ops.xp.nonzero(above_threshold(group, bar))
-        # Gathered on the device, then two copies to the host (indices, logits) per group.
-        values = ops.to_numpy(group[where])
-        rows, label_ids, starts, offsets = ops.to_numpy(ops.xp.stack(where)) if len(values) else (
-            numpy.zeros((4, 0), dtype="int64"))
-        doc_ids = numpy.asarray(ids)[rows]
-        inside = starts + offsets < lengths[doc_ids]
-        found.append([doc_ids[inside]] + [x[inside] for x in (label_ids, starts, offsets, values)])
-    return tuple(numpy.concatenate(column) for column in zip(*found))
-
-
-def keep_nested(found: Tuple[numpy.ndarray, ...], cuts: numpy.ndarray) -> Tuple[numpy.ndarray, ...]:
-    """Of `candidates_above`'s rows (taken at a lower cut), those above `cuts` (the
-    predictions) and those that nest in or around a prediction of their doc: strictly
-    inside it or containing it, whatever the labels. One level: a candidate admitted this
-    way admits no other."""
-    doc_ids, label_ids, starts, offsets, logits = found
-    ends = starts + offsets
-    keep = logits > cut_bar(cuts, logits.dtype)[label_ids]
-    # The rows of each doc, from one sort (not a scan of every row for each doc).
-    order = numpy.argsort(doc_ids, kind="stable")
-    sorted_ids = doc_ids[order]
-    for mine in numpy.split(order, numpy.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1):
-        predicted, others = mine[keep[mine]], mine[~keep[mine]]
-        if not predicted.size or not others.size:
-            continue
-        p_start, p_end = starts[predicted][None, :], ends[predicted][None, :]
-        c_start, c_end = starts[others][:, None], ends[others][:, None]
-        inside = (p_start <= c_start) & (c_end <= p_end)
-        around = (c_start <= p_start) & (p_end <= c_end)
-        same = (p_start == c_start) & (p_end == c_end)
-        keep[others] = ((inside | around) & ~same).any(axis=1)
-    return tuple(column[keep] for column in found)
-
-
-def calibrated_logits(
-    logits: numpy.ndarray, label_ids: numpy.ndarray, scales: numpy.ndarray, biases: numpy.ndarray
-) -> numpy.ndarray:
-    """z = a * s + b with each span's label's (a, b), float64: the order of the probabilities."""
-    return scales[label_ids] * logits.astype("float64") + biases[label_ids]
-
-
-def sigmoid(z: numpy.ndarray) -> numpy.ndarray:
-    """1 / (1 + exp(-z)) without overflow, float32 (what attrs["scores"] holds)."""
-    z = numpy.asarray(z, dtype="float64")
-    e = numpy.exp(-numpy.abs(z))
-    return numpy.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype("float32")
-
-
-def threshold_for_logit(logit: float, where: str) -> float:
-    """The probability threshold that decides exactly as the old rule s > logit did.
-
-    The old rule compared float32 scores with float32(logit); the new one compares them
-    with float32(logit_cuts(t)). sigmoid(logit) is nudged by ulps until both are the same.
-    """
-    if not (_is_number(logit) and math.isfinite(logit)):
-        raise ValueError(f"global_pointer: the logit threshold {logit!r} saved in {where} is not a finite number.")
-    limits = numpy.finfo("float32")
-    wanted = numpy.float32(numpy.clip(logit, limits.min, limits.max))
-    t = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
-    for _ in range(16):
-        got = numpy.float32(numpy.clip(logit_cuts([t], [1.0], [0.0])[0], limits.min, limits.max))
-        if got == wanted and 0.0 < t < 1.0:
-            return t
-        t = float(numpy.nextafter(t, 1.0 if got < wanted else 0.0))
-    raise ValueError(
-        f"global_pointer: the logit threshold {logit!r} saved in {where} has no probability "
-        "threshold that makes exactly the same decisions (it is too far from 0). Edit that cfg: "
-        'set "threshold" to a probability in [0, 1] and add "score_scale": "probability".'
-    )
-
-
-def upgrade_saved_cfg(saved: Dict[str, Any], where: str) -> Dict[str, Any]:
-    """A saved cfg in this version's terms: a cfg from before thresholds were
-    probabilities (no "score_scale") gets the probability threshold that decides as its
-    logit did, with a warning; a cfg from an unknown scale is refused."""
-    scale = saved.get("score_scale")
-    if scale == SCORE_SCALE:
-        return saved
-    if scale is not None:
-        raise ValueError(
-            f"global_pointer: the cfg in {where} has score_scale {scale!r}; this version of "
-            f"spacy-globalpointer reads {SCORE_SCALE!r}. Install the version that saved it."
-        )
-    logit = saved.get("threshold", 0.0)
-    threshold = threshold_for_logit(logit, where)
-    warnings.warn(
-        f"global_pointer: {where} was saved when thresholds and scores were logits. Its logit "
-        f"threshold {logit!r} is the probability threshold {threshold!r} now, which makes the "
-        "same decisions; doc.spans[key].attrs['scores'] hold probabilities. Save the "
-        "pipeline again to store it in the new form."
-    )
-    return {**saved, "threshold": threshold, "score_scale": SCORE_SCALE}
-
-
-def _check_boundary_smoothing(epsilon: Any, distance: Any) -> Tuple[float, int]:
-    if not _is_number(epsilon) or not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"global_pointer: boundary_smoothing must be a number in [0, 1), got {epsilon!r}.")
-    if isinstance(distance, bool) or not isinstance(distance, int) or distance < 1:
-        raise ValueError(f"global_pointer: boundary_distance must be an integer >= 1, got {distance!r}.")
-    return float(epsilon), distance
-
-
-def _check_max_span_length(value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"global_pointer: max_span_length must be None or an integer >= 1, got {value!r}.")
-    return value
-
-
-def smoothed_targets(
-    shape: Tuple[int, int, int, int], gold: List[List[Tuple[int, int, int]]], lengths: List[int],
-    epsilon: float, distance: int,
-) -> numpy.ndarray:
-    """Boundary-smoothed targets (Zhu and Li 2022), float32 of `shape` (docs, labels, n, band).
-
-    `gold[r]` holds (label, start, width - 1) of doc r's gold spans. Each gold span inside the
-    band keeps 1 - epsilon and gives epsilon / K to each of the K candidates of its label that
-    lie within `distance` boundary steps (|start - start'| + |end - end'| <= distance: inside
-    the doc of `lengths[r]` tokens, start' <= end', within the band); with no such candidate
-    it keeps 1. Where contributions meet, they add up, capped at 1.
-    """
-    n, band = shape[2], shape[3]
-    targets = numpy.zeros(shape, dtype="float32")
-    steps = [(a, b) for a in range(-distance, distance + 1) for b in range(-distance, distance + 1)
-             if 0 < abs(a) + abs(b) <= distance]
-    for row, spans in enumerate(gold):
-        n_doc = lengths[row]
-        for label, start, offset in spans:
-            end = start + offset
-            if offset >= band or end >= n:
-                continue
-            near = [(start + a, end + b) for a, b in steps]
-            near = [(s, e) for s, e in near if 0 <= s <= e < n_doc and e - s < band]
-            targets[row, label, start, offset] += 1.0 - epsilon if near else 1.0
-            for s, e in near:
-                targets[row, label, s, e - s] += epsilon / len(near)
-    return numpy.minimum(targets, 1.0, out=targets)
 
 
 class GlobalPointer(TrainablePipe):
@@ -835,65 +583,8 @@ class GlobalPointer(TrainablePipe):
         with self.model.use_params(params):
             yield
 
-    # Serialization: restore cfg (labels) first, build the head, then load its weights.
-
-    def _prepare_model_for_weights(self, saved_nodes: List[Dict[str, Any]]) -> None:
-        self.model.attrs["max_span_length"] = self.cfg["max_span_length"]
-        if not self.model.has_ref("head"):
-            if not self.labels:
-                raise ValueError("global_pointer: the saved component has no labels; the model data is incomplete.")
-            self.model.set_dim("nO", len(self.labels))
-            if not self.model.has_dim("nI"):
-                tok2vec = self.model.get_ref("tok2vec")
-                if tok2vec.has_dim("nO"):
-                    self.model.set_dim("nI", tok2vec.get_dim("nO"))
-                else:
-                    # A TransformerListener learns its width only at initialize(), which
-                    # loading skips; the saved model records the width the head was built with.
-                    self.model.set_dim("nI", _saved_width(saved_nodes))
-            build_head(self.model)
-
-    def _load_model_bytes(self, data: bytes, source: str) -> None:
-        """Load the model data, saying clearly when it is damaged or does not fit."""
-        try:
-            msg = srsly.msgpack_loads(data)
-            if not isinstance(msg, dict) or not isinstance(msg.get("nodes"), list):
-                raise TypeError(f"expected a Thinc model dict, got {type(msg).__name__}")
-        except Exception as err:
-            raise ValueError(
-                f"global_pointer: could not read the model data in {source} ({len(data)} "
-                f"bytes): it is truncated or corrupted ({type(err).__name__}: {err})."
-            ) from err
-        self._prepare_model_for_weights(msg["nodes"])
-        self._check_saved_dims(msg["nodes"], source)
-        self.model.from_dict(convert_recursive(is_xp_array, self.model.ops.asarray, msg))
-
-    def _check_saved_dims(self, saved_nodes: List[Dict[str, Any]], source: str) -> None:
-        """Compare the saved layer dims with the model the config and cfg built.
-
-        Thinc would fail on the first mismatch with "Attempt to change dimension";
-        this names the component and what to check instead.
-        """
-        nodes = list(self.model.walk())
-        if len(saved_nodes) == len(nodes):
-            mismatches = [
-                f"{node.name}.{dim}: saved {value}, configured {node.get_dim(dim)}"
-                for node, info in zip(nodes, saved_nodes)
-                for dim, value in (info.get("dims") or {}).items()
-                if value is not None and node.has_dim(dim) is True and node.get_dim(dim) != value
-            ]
-            if not mismatches:
-                return
-            found = "; ".join(mismatches[:6]) + ("; ..." if len(mismatches) > 6 else "")
-        else:
-            found = f"{len(saved_nodes)} layers saved, {len(nodes)} configured"
-        raise ValueError(
-            f"global_pointer: the saved model in {source} does not match the head this "
-            f"pipeline builds ({found}). The head's nO is the number of labels in cfg "
-            f"({len(self.labels)}: {list(self.labels)}) and nI the tok2vec width; labels, "
-            "the model config (widths, architecture) and the weights must come from the "
-            "same training run."
-        )
+    # Serialization: restore cfg (labels) first, build the head, then load its weights
+    # (`_load_model_bytes` in serialization.py).
 
     def _restore_cfg(self, saved: Dict[str, Any], where: str) -> None:
         """Take the saved cfg (converted if it predates probabilities) and check it."""
@@ -930,7 +621,9 @@ class GlobalPointer(TrainablePipe):
         deserialize = {
             "cfg": lambda b: self._restore_cfg(json.loads(b), "the component's bytes"),
             "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
-            "model": lambda b: self._load_model_bytes(b, "the component's bytes"),
+            "model": lambda b: _load_model_bytes(
+                self.model, self.labels, self.max_span_length, b, "the component's bytes"
+            ),
         }
         util.from_bytes(bytes_data, deserialize, exclude)
         return self
@@ -938,7 +631,7 @@ class GlobalPointer(TrainablePipe):
     def from_disk(self, path, *, exclude=tuple()) -> "GlobalPointer":
         def load_model(p) -> None:
             with open(p, "rb") as file_:
-                self._load_model_bytes(file_.read(), str(p))
+                _load_model_bytes(self.model, self.labels, self.max_span_length, file_.read(), str(p))
 
         deserialize = {
             "cfg": lambda p: self._restore_cfg(json.loads(Path(p).read_text(encoding="utf8")), str(p)),
@@ -947,81 +640,3 @@ class GlobalPointer(TrainablePipe):
         }
         util.from_disk(path, deserialize, exclude)
         return self
-
-
-def _saved_width(saved_nodes: List[Dict[str, Any]]) -> int:
-    """The input width (nI) stored with a serialized global_pointer model (its root node)."""
-    width = (saved_nodes[0].get("dims") or {}).get("nI") if saved_nodes else None
-    if width is None:
-        raise ValueError(
-            "global_pointer: the saved model does not record its input width (nI) and the "
-            "tok2vec layer does not know it either; the model data is incomplete."
-        )
-    return int(width)
-
-
-def above_threshold(scores: ArrayXd, threshold: Any) -> ArrayXd:
-    """Bool mask, True where a span's score passes `threshold`: the one place decisions
-    are made. scores: any array with the labels on axis 1 (a `SpanScores` group is
-    (docs, labels, n, band)); threshold: a logit, or one logit per label."""
-    if numpy.ndim(threshold) == 1:
-        xp = get_array_module(scores)
-        threshold = xp.asarray(threshold, dtype=scores.dtype).reshape((1, -1) + (1,) * (scores.ndim - 2))
-    return scores > threshold
-
-
-def _check_batch(docs: List[Doc], scores: SpanScores, method: str) -> None:
-    """Refuse scores that were not computed for these docs (a mismatch would misplace spans)."""
-    if not isinstance(scores, SpanScores):
-        raise TypeError(
-            f"global_pointer.{method}: expected the SpanScores that predict() returns, got "
-            f"{type(scores).__name__}. A padded (docs, labels, n, band) array is one group: "
-            "SpanScores([array], [list(range(len(docs)))], [len(doc) for doc in docs])."
-        )
-    lengths = [len(doc) for doc in docs]
-    if lengths != list(scores.lengths):
-        raise ValueError(
-            f"global_pointer.{method}: the scores are for {len(scores)} docs of lengths "
-            f"{_preview(scores.lengths)}, but the batch has {len(docs)} docs of lengths "
-            f"{_preview(lengths)}. Pass the docs the scores were predicted for, in the same order."
-        )
-
-
-def _preview(values: List[int], limit: int = 8) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return f"[{shown}{', ...' if len(values) > limit else ''}]"
-
-
-def _check_gold_spans(doc: Doc, key: str, where: str) -> None:
-    """Refuse empty or out-of-range gold spans, naming the doc and the span.
-
-    spaCy refuses most such spans when they are made, but a zero-length span
-    (start == end) can be stored in doc.spans.
-    """
-    for span in doc.spans[key]:
-        if span.start < 0 or span.end > len(doc) or span.start >= span.end:
-            text = doc.text if len(doc.text) <= 60 else doc.text[:57] + "..."
-            raise ValueError(
-                f"global_pointer: gold span ({span.start}, {span.end}) with label "
-                f"{span.label_!r} in doc.spans[{key!r}] of {where} ({text!r}, "
-                f"{len(doc)} tokens) is empty or outside the doc: spans need "
-                "0 <= start < end <= len(doc)."
-            )
-
-
-def select_non_overlapping(spans: Iterable[Span], scores: Iterable[float]) -> List[Span]:
-    """Greedy flat decoding: take spans by descending score (any scale in the order of the
-    probabilities), skip any that overlaps a taken one.
-
-    Ties go to the longer span, then the earlier one.
-    """
-    ranked = sorted(zip(spans, scores), key=lambda x: (-float(x[1]), -len(x[0]), x[0].start))
-    if not ranked:
-        return []
-    taken = numpy.zeros(len(ranked[0][0].doc), dtype="bool")
-    chosen = []
-    for span, _ in ranked:
-        if not taken[span.start : span.end].any():
-            taken[span.start : span.end] = True
-            chosen.append(span)
-    return sorted(chosen, key=lambda s: s.start)
