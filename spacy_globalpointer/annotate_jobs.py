@@ -291,7 +291,7 @@ def find_spans_key(config_path: Path) -> str:
     """The spans_key of the pipeline's global_pointer component(s), read from its config."""
     from spacy.util import load_config
 
-    from .pipe import DEFAULT_SPANS_KEY
+    from .scoring import DEFAULT_SPANS_KEY
 
     components = load_config(config_path, interpolate=False).get("components", {})
     keys = {

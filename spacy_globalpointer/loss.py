@@ -25,7 +25,7 @@ finite score instead of an ever larger one, a small target for a score below the
 decision boundary s = 0 but closer to it than a hard negative's. `smoothed_targets`
 builds such targets for boundary smoothing.
 """
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy
 from thinc.types import ArrayXd, Floats2d, Floats4d
@@ -114,3 +114,28 @@ def smoothed_targets(
             for s, e in near:
                 targets[row, label, s, e - s] += epsilon / len(near)
     return numpy.minimum(targets, 1.0, out=targets)
+
+
+def candidate_mask(xp: Any, lengths: ArrayXd, shape: Tuple[int, ...]) -> ArrayXd:
+    """(docs, 1, n, band) bool for scores of `shape`: True where span (i, i + d) lies inside
+    its doc of `lengths[doc]` tokens."""
+    n_max, band = shape[2], shape[3]
+    ends = xp.arange(n_max)[:, None] + xp.arange(band)[None, :]
+    return (ends[None, :, :] < lengths[:, None, None])[:, None]
+
+
+def gold_targets(ops: Any, shape: Tuple[int, ...], gold: List[List[Tuple[int, int, int]]]) -> ArrayXd:
+    """Bool array of `shape` (docs, labels, n, band) on the ops' device: True at each gold span
+    (label, start, width - 1) of `gold[doc]` that lies inside the band."""
+    n, band = shape[2], shape[3]
+    where = [
+        (row, label, start, offset)
+        for row, spans in enumerate(gold)
+        for label, start, offset in spans
+        if offset < band and start + offset < n
+    ]
+    targets = ops.xp.zeros(shape, dtype="bool")
+    if where:
+        index = ops.asarray2i(numpy.asarray(where, dtype="int32").T)  # one copy to the device
+        targets[tuple(index)] = True
+    return targets

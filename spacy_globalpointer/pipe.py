@@ -10,7 +10,6 @@ import numpy
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
-from spacy.scorer import Scorer
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
@@ -21,9 +20,9 @@ from .checks import (
     _check_max_span_length, _check_nested_threshold, _check_threshold, _check_thresholds, upgrade_saved_cfg,
 )
 from .decoding import calibrated_logits, candidates_above, keep_nested, logit_cuts, select_non_overlapping, sigmoid
-from .loss import loss_and_gradient, smoothed_targets
+from .loss import candidate_mask, gold_targets, loss_and_gradient, smoothed_targets
 from .model import SpanScores
-from .scoring import recall_by_kind
+from .scoring import DEFAULT_SPANS_KEY, global_pointer_score
 from .serialization import _load_model_bytes
 
 # Moved out of this module; still importable from here, as users, tests and benchmarks do.
@@ -55,7 +54,6 @@ window_size = 1
 maxout_pieces = 3
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
-DEFAULT_SPANS_KEY = "sc"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -138,41 +136,6 @@ def make_global_pointer(
         boundary_smoothing=boundary_smoothing,
         boundary_distance=boundary_distance,
     )
-
-
-def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
-    """Span P/R/F (overall and per type) for `doc.spans[spans_key]`, overlaps allowed;
-    recall of nested, flat, inner and outer gold spans (and of spans longer than
-    `max_span_length`, when it is set; see `scoring.py`); plus entity scores when the
-    component writes `doc.ents`."""
-    examples = list(examples)
-    key = kwargs.get("spans_key", DEFAULT_SPANS_KEY)
-    attr = f"spans_{key}"
-    scores = Scorer.score_spans(
-        examples,
-        attr,
-        getter=lambda doc, attr: doc.spans.get(key, []),
-        has_annotation=lambda doc: key in doc.spans,
-        allow_overlap=True,
-        labels=kwargs.get("labels"),
-    )
-    scores.update(recall_by_kind(examples, key, max_span_length=kwargs.get("max_span_length")))
-    if kwargs.get("write_ents"):
-        # Gold entities are the reference's doc.ents where it has them, else its spans
-        # under the key: the flat prediction is scored against the (possibly nested)
-        # gold it was chosen from, so nested gold caps ents_r below 1.
-        def ents_getter(doc: Doc, attr: str) -> Iterable[Span]:
-            return doc.ents if doc.has_annotation("ENT_IOB") else doc.spans.get(key, [])
-
-        scores.update(
-            Scorer.score_spans(
-                examples,
-                "ents",
-                getter=ents_getter,
-                has_annotation=lambda doc: doc.has_annotation("ENT_IOB") or key in doc.spans,
-            )
-        )
-    return scores
 
 
 @util.registry.scorers("spacy-globalpointer.scorer.v1")
@@ -459,13 +422,6 @@ class GlobalPointer(TrainablePipe):
             if self.cfg["write_ents"]:
                 doc.set_ents(select_non_overlapping(group, ranks[rows]), default="outside")
 
-    def _candidate_mask(self, lengths, shape) -> Any:
-        """(docs, 1, n, band) bool: True where span (i, i + d) lies inside its doc."""
-        xp = self.model.ops.xp
-        n_max, band = shape[2], shape[3]
-        ends = xp.arange(n_max)[:, None] + xp.arange(band)[None, :]
-        return (ends[None, :, :] < lengths[:, None, None])[:, None]
-
     def get_loss(self, examples: Iterable[Example], scores: SpanScores) -> Tuple[float, SpanScores]:
         """Multi-label categorical cross-entropy over the valid candidates, and its
         gradient in the scores' own (ragged) form. The loss is the mean over the
@@ -485,9 +441,9 @@ class GlobalPointer(TrainablePipe):
                     group.shape, group_gold, group_lengths, self.boundary_smoothing, self.boundary_distance
                 ))
             else:
-                targets = self._targets(group.shape, group_gold)
+                targets = gold_targets(self.model.ops, group.shape, group_gold)
             lengths = self.model.ops.asarray1i(group_lengths)
-            mask = self.model.ops.xp.broadcast_to(self._candidate_mask(lengths, group.shape), group.shape)
+            mask = self.model.ops.xp.broadcast_to(candidate_mask(self.model.ops.xp, lengths, group.shape), group.shape)
             group_loss, d_group = loss_and_gradient(group, targets, mask, n_rows=n_rows)
             losses.append(group_loss)
             d_groups.append(d_group)
@@ -507,22 +463,6 @@ class GlobalPointer(TrainablePipe):
                 )
             candidates.append((label_ids[span.label_], span.start, len(span) - 1))
         return candidates
-
-    def _targets(self, shape, gold: List[List[Tuple[int, int, int]]]) -> Any:
-        """Bool array of `shape` (docs, labels, n, band): True at each gold span inside the band."""
-        ops = self.model.ops
-        n, band = shape[2], shape[3]
-        where = [
-            (row, label, start, offset)
-            for row, spans in enumerate(gold)
-            for label, start, offset in spans
-            if offset < band and start + offset < n
-        ]
-        targets = ops.xp.zeros(shape, dtype="bool")
-        if where:
-            index = ops.asarray2i(numpy.asarray(where, dtype="int32").T)  # one copy to the device
-            targets[tuple(index)] = True
-        return targets
 
     def _aligned_gold(self, eg: Example, index: int) -> List[Span]:
         if self.key not in eg.reference.spans:

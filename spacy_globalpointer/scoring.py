@@ -7,11 +7,13 @@ another (a middle layer is both); *flat* when it is not nested. Spans that merel
 `max_span_length`, so a banded head can never predict them.
 """
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-from spacy.tokens import Doc
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span
 from spacy.training import Example
 
+DEFAULT_SPANS_KEY = "sc"
 KINDS = ("nested", "flat", "inner", "outer")
 CharSpan = Tuple[int, int, str]  # start_char, end_char, label
 
@@ -55,3 +57,38 @@ def recall_by_kind(
 
 def _char_spans(doc: Doc, key: str) -> List[CharSpan]:
     return [(span.start_char, span.end_char, span.label_) for span in doc.spans.get(key, [])]
+
+
+def global_pointer_score(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
+    """Span P/R/F (overall and per type) for `doc.spans[spans_key]`, overlaps allowed;
+    recall of nested, flat, inner and outer gold spans (and of spans longer than
+    `max_span_length`, when it is set; see `scoring.py`); plus entity scores when the
+    component writes `doc.ents`."""
+    examples = list(examples)
+    key = kwargs.get("spans_key", DEFAULT_SPANS_KEY)
+    attr = f"spans_{key}"
+    scores = Scorer.score_spans(
+        examples,
+        attr,
+        getter=lambda doc, attr: doc.spans.get(key, []),
+        has_annotation=lambda doc: key in doc.spans,
+        allow_overlap=True,
+        labels=kwargs.get("labels"),
+    )
+    scores.update(recall_by_kind(examples, key, max_span_length=kwargs.get("max_span_length")))
+    if kwargs.get("write_ents"):
+        # Gold entities are the reference's doc.ents where it has them, else its spans
+        # under the key: the flat prediction is scored against the (possibly nested)
+        # gold it was chosen from, so nested gold caps ents_r below 1.
+        def ents_getter(doc: Doc, attr: str) -> Iterable[Span]:
+            return doc.ents if doc.has_annotation("ENT_IOB") else doc.spans.get(key, [])
+
+        scores.update(
+            Scorer.score_spans(
+                examples,
+                "ents",
+                getter=ents_getter,
+                has_annotation=lambda doc: doc.has_annotation("ENT_IOB") or key in doc.spans,
+            )
+        )
+    return scores

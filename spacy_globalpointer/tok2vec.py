@@ -7,7 +7,7 @@ without a segmenter the cheapest proxy is the character's n-grams: "北京" is a
 better cue for a place than "北" or "京" alone. This module adds those n-grams to
 spaCy's MultiHashEmbed recipe as extra hash-embedded columns.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy
 from spacy.attrs import intify_attr
