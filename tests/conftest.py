@@ -1,7 +1,15 @@
 import os
 from pathlib import Path
 
-import pytest
+# The suite runs in parallel workers (pytest-xdist, `-n auto` in setup.cfg): each worker and
+# the processes its tests start get an even share of the cores, so that torch's thread pools
+# do not oversubscribe them. Set before torch is imported anywhere in the worker.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
+import pytest  # noqa: E402  (after the thread settings)
 import spacy
 from spacy.training import Example
 
@@ -86,52 +94,6 @@ def annotate_single_run(annotate_model, annotate_corpus, tmp_path_factory):
         progress=False,
     )
     return output, summary
-
-
-# configs/cpu.cfg trained on CLUENER: the F1 floor's run, shared with the tests that need a
-# really trained pipeline (seed 0, STEPS updates of BATCH_SIZE docs, dropout 0.1).
-CLUENER_STEPS = 300
-CLUENER_BATCH_SIZE = 32
-
-
-def cluener_examples(nlp, split):
-    from spacy_globalpointer.convert import read_cluener
-
-    path = shared_data_dir() / "cluener" / f"{split}.json"
-    if not path.exists():
-        pytest.skip(f"CLUENER data not found at {path}")
-    docs, report = read_cluener(path, nlp)
-    assert report.n_misaligned == 0
-    return [Example(nlp.make_doc(doc.text), doc) for doc in docs]
-
-
-@pytest.fixture(scope="session")
-def cluener_cpu_training():
-    """(nlp, optimizer, dev examples) after training configs/cpu.cfg on CLUENER train."""
-    import random
-
-    from thinc.api import fix_random_seed
-
-    fix_random_seed(0)
-    config = spacy.util.load_config(CONFIGS / "cpu.cfg")
-    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
-    train = cluener_examples(nlp, "train")
-    dev = cluener_examples(nlp, "dev")
-    optimizer = nlp.initialize(lambda: train)
-    rng = random.Random(0)
-    for _ in range(CLUENER_STEPS):
-        nlp.update(rng.sample(train, CLUENER_BATCH_SIZE), sgd=optimizer, drop=0.1)
-    return nlp, optimizer, dev
-
-
-@pytest.fixture(scope="session")
-def cluener_cpu_pipeline(cluener_cpu_training):
-    return cluener_cpu_training[0]
-
-
-@pytest.fixture(scope="session")
-def cluener_dev_texts(cluener_cpu_training):
-    return [eg.reference.text for eg in cluener_cpu_training[2]]
 
 
 @pytest.fixture

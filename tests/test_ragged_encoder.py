@@ -1,12 +1,12 @@
 """The whole pipeline costs the tokens present: the shipped tok2vecs predict in token-bounded
-chunks with the same vectors, a trained pipeline writes the spans it wrote when the attention
-padded every doc to the batch's longest, and (the guard) one long doc in a batch of short ones
-costs its own tokens' memory, not batch x longest."""
+chunks with the same vectors, and (the guard) one long doc in a batch of short ones costs its
+own tokens' memory, not batch x longest. That a trained pipeline writes the spans it wrote when
+the attention padded every doc to the batch's longest is tested with the CLUENER run, in
+test_cluener_training.py."""
 import json
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy
 import pytest
@@ -18,8 +18,6 @@ from thinc.api import fix_random_seed
 from spacy_globalpointer.tok2vec import token_chunks
 
 from .conftest import CONFIGS, REPO
-from .test_attention import padded_encoder
-from .tiny_pipeline import span_tuples
 
 
 def test_token_chunks_bound_the_tokens_and_keep_the_order():
@@ -97,41 +95,6 @@ def _pipeline(config: str, overrides=None, seed: int = 0):
         examples.append(Example(nlp.make_doc(text), reference))
     nlp.initialize(lambda: examples)
     return nlp
-
-
-def test_trained_cluener_pipeline_writes_the_spans_of_the_padded_attention(cluener_cpu_pipeline, cluener_dev_texts):
-    """configs/cpu.cfg trained on CLUENER (the F1 floor's run): the spans, their scores and the
-    vectors of the dev texts are those of the attention as it was (every doc padded to the
-    batch's longest), in one batch of the whole dev set."""
-    import torch
-
-    nlp = cluener_cpu_pipeline
-    texts = cluener_dev_texts
-    tok2vec = nlp.get_pipe("tok2vec").model
-    attention = tok2vec.get_ref("encode").layers[-1]
-    encoder = attention.shims[0]._model
-    docs = list(nlp.pipe(texts, batch_size=len(texts)))
-    ragged_vectors = tok2vec.predict(docs)
-
-    def padded_forward(module, inputs, lengths):
-        xs = list(torch.split(inputs, lengths))
-        return torch.cat(padded_encoder(module, xs)) if xs else inputs
-
-    original = type(encoder).forward
-    type(encoder).forward = padded_forward
-    try:
-        padded_docs = list(nlp.pipe(texts, batch_size=len(texts)))
-        padded_vectors = tok2vec.predict(padded_docs)
-    finally:
-        type(encoder).forward = original
-    for got, expected in zip(ragged_vectors, padded_vectors):
-        numpy.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    n_spans = 0
-    for doc, padded in zip(docs, padded_docs):
-        assert span_tuples(doc.spans["sc"]) == span_tuples(padded.spans["sc"]), doc.text
-        numpy.testing.assert_allclose(doc.spans["sc"].attrs["scores"], padded.spans["sc"].attrs["scores"], atol=1e-5)
-        n_spans += len(doc.spans["sc"])
-    assert n_spans > len(texts) // 2  # a trained pipeline: the comparison saw spans
 
 
 # The guard (Linux: it resets the peak RSS through /proc): peak RSS of a shipped config's tok2vec predicting 64 short docs (2,176 tokens), then
