@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--nested-threshold", type=float,
                           help="decide with this nested_threshold instead of the saved one (candidates nested in or "
                                "around a prediction)")
+    evaluate.add_argument("--gpu-id", type=int, default=-1, help="GPU to predict on, as in spacy evaluate (default: -1, CPU)")
 
     visualize = commands.add_parser("visualize", help="render predicted spans with displacy to an HTML page")
     visualize.add_argument("model", help="a trained pipeline folder or package name")
@@ -218,7 +219,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
     result = evaluate(args.model, args.data, output_json=args.output, output_md=args.table, gold_tokens=args.gold_tokens,
-                      threshold=args.threshold, nested_threshold=args.nested_threshold)
+                      threshold=args.threshold, nested_threshold=args.nested_threshold, gpu_id=args.gpu_id)
     print(format_table(result))
     return 0
 

@@ -34,6 +34,7 @@ def evaluate(
     gold_tokens: bool = False,
     threshold: Optional[float] = None,
     nested_threshold: Optional[float] = None,
+    gpu_id: int = -1,
 ) -> Dict[str, Any]:
     """Score `model` on the gold spans in `data` with spaCy's Scorer.
 
@@ -42,7 +43,10 @@ def evaluate(
     a markdown table when paths are given. gold_tokens: predict on the data's own tokens
     (for data converted with its own tokens, such as GENIA) instead of the tokenizer's.
     threshold, nested_threshold: decide with these instead of the saved ones (None: as saved).
+    gpu_id: predict on this GPU (as `spacy evaluate --gpu-id`); -1 for the CPU.
     """
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
     nlp = spacy.load(model)
     component = _find_component(nlp)
     key = component.key

@@ -47,6 +47,23 @@ def test_rerun_skips_unchanged_steps(project_run):
     assert "Skipping 'train': nothing changed" in result.stdout
 
 
+@pytest.mark.parametrize("command,output,key", [
+    ("tune-thresholds", "model-tuned", "thresholds"),
+    ("calibrate", "model-calibrated", "calibration"),
+])
+def test_threshold_commands_write_a_pipeline_and_a_report(project_run, command, output, key):
+    """`spacy project run tune-thresholds` / `calibrate` on the trained demo model: the pipeline
+    they write carries what the report says they chose."""
+    root, _ = project_run
+    result = subprocess.run([sys.executable, "-m", "spacy", "project", "run", command, str(root)],
+                            capture_output=True, text=True, cwd=root, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    cfg = json.loads((root / "training" / "demo" / output / "global_pointer" / "cfg").read_text(encoding="utf8"))
+    report = srsly.read_json(root / "metrics" / f"demo_{key}.json")
+    assert set(report[key]) == {"PER", "LOC", "ORG"}
+    assert cfg[key] == pytest.approx(report[key]) if key == "thresholds" else set(cfg[key]) == set(report[key])
+
+
 def test_package_installs_and_loads_by_name(project_run, tmp_path):
     root, _ = project_run
     sdist = root / "packages" / f"{PACKAGE}-0.1.0" / "dist" / f"{PACKAGE}-0.1.0.tar.gz"

@@ -4,6 +4,8 @@ the old logit-0 rule, and pipelines saved with a logit threshold keep their deci
 import json
 import math
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy
@@ -227,10 +229,23 @@ def test_evaluate_command_decides_with_the_thresholds_it_is_given(saved, tmp_pat
     assert (nested["threshold"], nested["nested_threshold"]) == pytest.approx((0.95, 0.0))  # srsly rounds floats
     assert strict["r"] < as_saved["r"]
     assert nested["r"] > strict["r"] and nested["p"] < strict["p"]
-    again = evaluate()  # nothing was saved
+    again = evaluate("--gpu-id", "-1")  # nothing was saved; -1 is the CPU, as in spacy evaluate
     assert {k: v for k, v in again.items() if k != "words_per_second"} == {
         k: v for k, v in as_saved.items() if k != "words_per_second"
     }
+
+
+@pytest.mark.gpu
+def test_evaluate_command_predicts_on_the_gpu_it_is_given(saved, tmp_path):
+    """The same scores on GPU 0 as on the CPU (skipped without CUDA)."""
+    outputs = []
+    for gpu_id in ("-1", "0"):
+        out = tmp_path / f"eval_gpu{gpu_id}.json"
+        command = [sys.executable, "-m", "spacy_globalpointer", "evaluate", str(saved / "pipeline"),
+                   str(saved / "dev.spacy"), "--output", str(out), "--gpu-id", gpu_id]
+        assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+        outputs.append(srsly.read_json(out))
+    assert outputs[0]["f"] == pytest.approx(outputs[1]["f"], abs=1e-4)
 
 
 def test_threshold_half_is_the_old_logit_zero_rule(half_trained):
