@@ -407,10 +407,14 @@ def child_env(code: Path) -> Dict[str, str]:
 
 
 def _wait(command: List[str], code: Path, log: Path, what: str) -> Tuple[str, float, float]:
-    """Run `command` with the checkout's environment: (stdout, wall s, peak RSS MB by wait4)."""
+    """Run `command` with the checkout's environment: (stdout, wall s, peak RSS MB by wait4).
+
+    It runs in the log's folder: `python -m` and `python -c` put the working directory first on
+    sys.path, where a checkout's package would shadow the one PYTHONPATH names."""
     start = time.perf_counter()
     with open(log, "w", encoding="utf8") as err:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=child_env(code), text=True)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=child_env(code), text=True,
+                                cwd=log.parent)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -436,17 +440,27 @@ def run_spacy_train(spec: Dict[str, Any], code: Path, work: Path, log: Path) -> 
     """`spacy train` with the checkout's config on a training corpus and its dev corpus."""
     output = work / "spacy_train_output"
     shutil.rmtree(output, ignore_errors=True)
+    # spaCy's CLI, after saying which package it imported (checked below).
     command = [
-        sys.executable, "-m", "spacy", "train", spec["config"], "--output", str(output),
+        sys.executable, "-c", SPACY_TRAIN, "train", spec["config"], "--output", str(output),
         "--paths.train", spec["train_corpus"], "--paths.dev", spec["corpus"],
         "--training.max_steps", str(spec["steps"]), "--training.eval_frequency", str(spec["eval_every"]),
         "--system.seed", str(spec["seed"]),
     ]
     load_before = os.getloadavg()[0]
-    _, wall, peak = _wait(command, code, log, f"spacy train on {spec['train_corpus']}")
+    out, wall, peak = _wait(command, code, log, f"spacy train on {spec['train_corpus']}")
     shutil.rmtree(output, ignore_errors=True)
+    package = out.strip().splitlines()[0]
+    if Path(package).resolve() != (code / "spacy_globalpointer").resolve():
+        raise RuntimeError(f"spacy train used {package}, expected the package in {code}")
     return {"wall_s": wall, "peak_mb": peak, "baseline_mb": 0.0, "above_baseline_mb": 0.0,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+SPACY_TRAIN = (
+    "import os, spacy_globalpointer; print(os.path.dirname(spacy_globalpointer.__file__), flush=True); "
+    "from spacy.cli import setup_cli; setup_cli()"
+)
 
 
 def has_chunked_tok2vec(code: Path) -> bool:
@@ -492,7 +506,7 @@ def train_model(args, labels: List[str], lang: str) -> Dict[str, Any]:
     ]
     start = time.perf_counter()
     with open(args.work / "train_model.log", "w", encoding="utf8") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(REPO), check=True)
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(REPO), check=True, cwd=args.work)
     (output / "model-last").rename(args.model)
     return {"steps": args.train_steps, "seconds": time.perf_counter() - start, "trained_here": True}
 
