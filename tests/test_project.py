@@ -7,6 +7,8 @@ import sys
 import pytest
 import srsly
 
+import spacy_globalpointer
+
 from .conftest import REPO
 
 PACKAGE = "zh_globalpointer_demo"
@@ -35,7 +37,8 @@ def test_all_workflow_outputs(project_run):
     html = (root / "visualize" / "demo.html").read_text(encoding="utf8")
     assert "span" in html and html.count("<div") > 10
     meta = json.loads((root / "packages" / f"{PACKAGE}-0.1.0" / "meta.json").read_text())
-    assert any(req.startswith("spacy-globalpointer") for req in meta["requirements"])
+    # spacy package names the installed version of this package, e.g. >=0.2.0,<0.3.0
+    assert f"spacy-globalpointer>={spacy_globalpointer.__version__}" in " ".join(meta["requirements"])
 
 
 def test_rerun_skips_unchanged_steps(project_run):
