@@ -281,6 +281,8 @@ def run(args: argparse.Namespace, overrides: Dict[str, str]) -> Dict[str, Any]:
     profile.marks["initialized"] = time.perf_counter() - START
     initialize_s = time.perf_counter() - start
     instrument(nlp, profile)
+    # Until the first step, the loop reads and lists the training corpus.
+    profile.phase = "loop"
     start = time.perf_counter()
     train(nlp, None, use_gpu=args.gpu_id, stdout=io.StringIO(), stderr=io.StringIO())
     train_wall = time.perf_counter() - start
