@@ -17,6 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module, with benchmarks/ on sys.path while it loads (the scripts
+    import their siblings, e.g. ablate.py imports compare.py, as the scripts' folder allows)."""
+    import importlib.util
+    import sys
+
+    folder = REPO / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
 def shared_data_dir() -> Path:
     """Real datasets live beside the repo in ../shared/data (GP_DATA_DIR overrides)."""
     return Path(os.environ.get("GP_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -1,6 +1,5 @@
 """benchmarks/ablate.py: every variant is a valid config that differs from the base where it says,
 and the script runs end to end on the demo data with a tiny budget."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,23 +9,12 @@ from spacy.util import load_config, load_model_from_config
 
 from spacy_globalpointer.convert import read_jsonl, write_docbin
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "ablate.py"
 
 
-def _load_ablate():
-    sys.path.insert(0, str(SCRIPT.parent))  # ablate.py imports compare.py from its folder
-    try:
-        spec = importlib.util.spec_from_file_location("benchmarks_ablate", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
-
-
-ablate = _load_ablate()
+ablate = load_benchmark("ablate")
 
 
 # Variants that change nothing in cpu.cfg (head_size 32, SoftLexicon, one attention layer and

@@ -1,5 +1,4 @@
 """The annotation benchmark script runs end to end on a tiny corpus (spacy apply and annotate)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import shared_data_dir
+from .conftest import load_benchmark, shared_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "annotate_speed.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmarks_annotate_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("annotate_speed")
 
 
 @pytest.mark.skipif(

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from spacy_globalpointer.torch_layers import LocalSelfAttention, LocalSelfAttentionLayer, PackedBatch
 
+from .test_ragged import random_lengths
 from .tiny_pipeline import EN_DATA, make_examples
 
 WIDTH, HEADS = 16, 2
@@ -67,20 +68,9 @@ def full_attention_layer(layer, x):
 # ---------------------------------------------------------------- batches
 
 
-def random_lengths(seed):
-    """Mostly short docs, some empty, now and then a long one (longer than the window)."""
-    rng = numpy.random.default_rng(seed)
-    lengths = [int(n) for n in rng.integers(0, 12, size=rng.integers(1, 9))]
-    if rng.random() < 0.7:
-        lengths.append(int(rng.integers(30, 70)))
-    if rng.random() < 0.5:
-        lengths.append(0)
-    rng.shuffle(lengths)
-    return lengths
-
-
 BATCHES = {
-    **{f"random{seed}": random_lengths(seed) for seed in range(6)},
+    # Mostly short docs, some empty, now and then a long one (longer than the window).
+    **{f"random{seed}": [int(n) for n in random_lengths(numpy.random.default_rng(seed))] for seed in range(6)},
     "one_long_doc": [61],
     "empty_docs": [0, 3, 0, 0],
     "all_empty": [0, 0],

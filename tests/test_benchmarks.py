@@ -1,5 +1,4 @@
 """The benchmark scripts (long_docs.py, mixed_lengths.py, thresholds.py) run end to end on tiny sizes."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "long_docs.py"
@@ -50,22 +51,16 @@ def test_long_docs_smoke(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 1000
 
 
-MIXED_SCRIPT = ROOT / "benchmarks" / "mixed_lengths.py"
 
 
 def _load_mixed_lengths():
-    spec = importlib.util.spec_from_file_location("benchmarks_mixed_lengths", MIXED_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mixed_lengths")
 
 
 def test_mixed_lengths_smoke(tmp_path, monkeypatch):
     """Every corpus and kind of measurement, end to end on tiny sizes. To keep it short, the
     measurements run in this process (one runs in its own, as the benchmark does) on a tiny
     trained pipeline, and `spacy train` runs for two steps."""
-    from spacy.tokens import DocBin
-
     from .tiny_pipeline import ZH_DATA, build_tiny
 
     module = _load_mixed_lengths()

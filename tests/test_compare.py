@@ -4,7 +4,6 @@ The end-to-end run uses the shipped demo data, so it never skips; the CLUENER te
 preparation (the overlapping train spans that ner cannot take) and that every system's config
 trains and reports the score its model-best is chosen by.
 """
-import importlib.util
 import itertools
 import json
 import shutil
@@ -20,7 +19,7 @@ from spacy.util import load_config, load_model_from_config
 
 from spacy_globalpointer.convert import read_cluener, read_jsonl, write_docbin
 
-from .conftest import CONFIGS, REPO, shared_data_dir
+from .conftest import CONFIGS, REPO, load_benchmark, shared_data_dir
 
 SCRIPT = REPO / "benchmarks" / "compare.py"
 SYSTEMS = ["global_pointer", "efficient_global_pointer", "ner", "spancat", "span_finder"]
@@ -28,18 +27,7 @@ NARROW = ["--components.tok2vec.model.encode.width", "32", "--components.tok2vec
 MAX_STEPS, EVAL_FREQUENCY = 6, 3  # evaluations at steps 0, 3 and 6
 
 
-def _load_compare():
-    sys.path.insert(0, str(SCRIPT.parent))  # compare.py imports its parts (compare_*.py) from its folder
-    try:
-        spec = importlib.util.spec_from_file_location("benchmarks_compare", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
-
-
-compare = _load_compare()
+compare = load_benchmark("compare")
 
 
 def _png_size(path):

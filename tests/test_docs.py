@@ -2,7 +2,6 @@
 every command, option, config key, project command, registered name, file and link named in
 README.md and docs/*.md exists."""
 import argparse
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -16,7 +15,7 @@ import srsly
 
 from spacy_globalpointer.__main__ import _parser
 
-from .conftest import REPO
+from .conftest import REPO, load_benchmark
 
 DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 RUN_MARK = "<!-- test: run -->"
@@ -77,10 +76,7 @@ def captured_parser(path: Path) -> argparse.ArgumentParser:
     def capture(self, *args, **kwargs):
         raise Captured(self)
 
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"docs_check_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(path.stem)
     argparse.ArgumentParser.parse_known_args = capture
     try:
         module.main(["--help"])
@@ -88,7 +84,6 @@ def captured_parser(path: Path) -> argparse.ArgumentParser:
         return captured.args[0]
     finally:
         argparse.ArgumentParser.parse_known_args = original
-        sys.path.remove(str(path.parent))
     raise AssertionError(f"{path.name}: main() parsed no arguments")
 
 
@@ -180,7 +175,7 @@ def test_every_project_command_and_variable_exists(project):
 
 
 def test_every_registered_name_the_docs_use_is_registered():
-    registries = ("architectures", "misc", "scorers", "factories")
+    registries = ("architectures", "misc", "scorers", "factories", "callbacks")
     for path in DOCS:
         for name in set(re.findall(r"spacy-globalpointer\.[A-Za-z_]+\.v\d+", path.read_text(encoding="utf8"))):
             assert any(spacy.registry.has(registry, name) for registry in registries), f"{path.name}: {name}"

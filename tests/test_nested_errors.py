@@ -1,12 +1,9 @@
 """benchmarks/nested_errors.py: the cause of each missed gold span, on hand-made spans."""
-import importlib.util
 
-from .conftest import REPO
+from .conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "nested_errors.py"
-spec = importlib.util.spec_from_file_location("benchmarks_nested_errors", SCRIPT)
-nested_errors = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nested_errors)
+nested_errors = load_benchmark("nested_errors")
 
 
 def test_each_cause_of_a_miss():

@@ -1,5 +1,4 @@
 """benchmarks/nested_threshold.py: the sweep decodes as the pipeline does, and chooses on dev."""
-import importlib.util
 import json
 
 import pytest
@@ -7,13 +6,11 @@ from spacy.tokens import DocBin
 
 from spacy_globalpointer.evaluate import evaluate
 
-from .conftest import REPO
+from .conftest import REPO, load_benchmark
 from .tiny_pipeline import build_tiny
 
 SCRIPT = REPO / "benchmarks" / "nested_threshold.py"
-spec = importlib.util.spec_from_file_location("benchmarks_nested_threshold", SCRIPT)
-nested_threshold = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nested_threshold)
+nested_threshold = load_benchmark("nested_threshold")
 
 
 @pytest.fixture(scope="module")
