@@ -113,6 +113,30 @@ def band_scores(
     return torch.cat(blocks, dim=2)
 
 
+def scaled_band_scores(
+    qk: torch.Tensor, size: int, band: int, rope: Optional[RotaryPositionEmbedding]
+) -> torch.Tensor:
+    """<R_i q_i, R_j k_j> / sqrt(size) over the band, per head. qk: (batch, heads, n, 2 * size),
+    q then k (any strides) -> (batch, heads, n, band); `rope` None: no rotation.
+
+    RoPE rotates q and k in one pass, and the 1 / sqrt(size) scaling rides along in the
+    modulus of q's phases instead of costing a pass of its own.
+    """
+    scale = 1.0 / math.sqrt(size)
+    if rope is None:
+        return band_scores(qk[..., :size] * scale, qk[..., size:], band)
+    phases = rope.phases(qk.shape[-2])
+    if torch.is_grad_enabled() and qk.requires_grad:
+        # Training: rotate once, on a contiguous copy so that the rotation and the
+        # products read contiguous rows. Autograd keeps the rotated q and k for the
+        # products either way, and block-wise rotation would keep overlapping copies of k.
+        qk = rotate_pairs(qk.contiguous(), torch.cat((phases * scale, phases), -1))
+        return band_scores(qk[..., :size], qk[..., size:], band)
+    # Inference: block by block, straight from the projection's output, so that a long
+    # doc never holds a second copy of all of q and k.
+    return band_scores(qk[..., :size], qk[..., size:], band, phases * scale, phases)
+
+
 def band_view(values: torch.Tensor, band: int) -> torch.Tensor:
     """(batch, heads, n) -> (batch, heads, n, band) with out[..., i, d] = values[..., i + d]."""
     padded = F.pad(values, (0, band - 1))
@@ -201,11 +225,8 @@ class SpanGrid(nn.Module):
     def features(self, X: torch.Tensor, band: int) -> torch.Tensor:
         """X: (batch, n, width) -> the span features (batch, channels, n, band)."""
         batch, n, _ = X.shape
-        size = self.head_size
-        qk = self.proj(X).view(batch, n, self.channels, 2 * size).transpose(1, 2)
-        phases = self.rope.phases(n)
-        qk = rotate_pairs(qk.contiguous(), torch.cat((phases / math.sqrt(size), phases), -1))
-        return band_scores(qk[..., :size], qk[..., size:], band)
+        qk = self.proj(X).view(batch, n, self.channels, 2 * self.head_size).transpose(1, 2)
+        return scaled_band_scores(qk, self.head_size, band, self.rope)
 
     def forward(self, X: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """X: (batch, n, width), lengths: (batch,), scores: the head's (batch, types, n, band)
@@ -266,25 +287,8 @@ class _SpanScorer(nn.Module):
         self.grid = SpanGrid(width, n_types, **span_grid) if span_grid is not None else None
 
     def _scores(self, qk: torch.Tensor, band: int) -> torch.Tensor:
-        """qk: (batch, heads, n, 2 * head_size), q then k (any strides) -> (batch, heads, n, band).
-
-        RoPE rotates q and k in one pass, and the 1 / sqrt(head_size) scaling rides
-        along in the modulus of q's phases instead of costing a pass of its own.
-        """
-        size = self.head_size
-        scale = 1.0 / math.sqrt(size)
-        if self.rope is None:
-            return band_scores(qk[..., :size] * scale, qk[..., size:], band)
-        phases = self.rope.phases(qk.shape[-2])
-        if torch.is_grad_enabled() and qk.requires_grad:
-            # Training: rotate once, on a contiguous copy so that the rotation and the
-            # products read contiguous rows. Autograd keeps the rotated q and k for the
-            # products either way, and block-wise rotation would keep overlapping copies of k.
-            qk = rotate_pairs(qk.contiguous(), torch.cat((phases * scale, phases), -1))
-            return band_scores(qk[..., :size], qk[..., size:], band)
-        # Inference: block by block, straight from the projection's output, so that a long
-        # doc never holds a second copy of all of q and k.
-        return band_scores(qk[..., :size], qk[..., size:], band, phases * scale, phases)
+        """qk: (batch, heads, n, 2 * head_size), q then k (any strides) -> (batch, heads, n, band)."""
+        return scaled_band_scores(qk, self.head_size, band, self.rope)
 
     def _finish(self, scores: torch.Tensor, X: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # The loss and decoding run in fp32 whatever precision the products used.
