@@ -126,7 +126,7 @@ def _build(tok2vec, head_class, head_size, rope, mixed_precision, grad_scaler, s
     if head_size < 2 or head_size % 2:
         raise ValueError(f"head_size must be an even number >= 2, got {head_size}.")
     if span_grid is not None:
-        span_grid = check_span_grid(dict(span_grid))
+        span_grid = check_span_grid(span_grid)
     return Model(
         "global_pointer",
         forward,

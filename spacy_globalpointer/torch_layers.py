@@ -9,7 +9,7 @@ Positions that are not candidates (padding, ``i + d`` past the end of the doc)
 hold the dtype's most negative finite value.
 """
 import math
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -246,8 +246,9 @@ SPAN_GRID_SETTINGS = {"channels": 8, "depth": 2, "kernel": 3, "head_size": 16}
 
 def check_span_grid(settings: Any) -> dict:
     """The span grid's settings with their defaults; ValueError naming what is wrong."""
-    if not isinstance(settings, dict):
+    if not isinstance(settings, Mapping):
         raise ValueError(f"span_grid must be a dict of {sorted(SPAN_GRID_SETTINGS)} (or null), got {settings!r}.")
+    settings = dict(settings)
     unknown = sorted(set(settings) - set(SPAN_GRID_SETTINGS))
     if unknown:
         raise ValueError(f"span_grid: unknown settings {unknown}; it takes {sorted(SPAN_GRID_SETTINGS)}.")
