@@ -233,18 +233,27 @@ def _listed_spans_record(
     entries = record.get(key)
     if entries is None:
         return text, [], []
+    spans, errors = [], []
+    for i, entry, (start, end, label) in span_entries(entries, key, fields, errors):
+        surface = entry.get(surface_field) if surface_field else None
+        spans.append(CharSpan(start, end, label, surface, end_inclusive=end_inclusive))
+    return text, spans, errors
+
+
+def span_entries(
+    entries: Any, key: str, fields: Tuple[str, str, str], errors: List[str]
+) -> Iterator[Tuple[int, Dict[str, Any], Tuple[Any, Any, Any]]]:
+    """(index, entry, its three `fields`) for each object of the list `entries` (the record's
+    `key`) that has them all; an entry without them is named in `errors`, and a value that is not
+    a list at all raises a RecordError."""
     described = f"{fields[0]}, {fields[1]} and {fields[2]}"
     if not isinstance(entries, list):
         raise RecordError(f'"{key}" must be a list of objects with {described}, got {entries!r}')
-    spans, errors = [], []
     for i, entry in enumerate(entries):
         if not (isinstance(entry, dict) and set(fields) <= entry.keys()):
             errors.append(f"{key}[{i}] must be an object with {described}, got {entry!r}")
             continue
-        start, end, label = (entry[name] for name in fields)
-        surface = entry.get(surface_field) if surface_field else None
-        spans.append(CharSpan(start, end, label, surface, end_inclusive=end_inclusive))
-    return text, spans, errors
+        yield i, entry, (entry[fields[0]], entry[fields[1]], entry[fields[2]])
 
 
 def _json_lines(path: Path) -> Iterator[Tuple[str, Any]]:

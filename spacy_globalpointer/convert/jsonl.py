@@ -7,7 +7,7 @@ from spacy.tokens import Doc, Span
 from .core import (
     DEFAULT_SPANS_KEY, CharSpan, ConversionReport, NlpOrLang, PathLike, ReadResult, RecordError, TokenSpan,
     _as_nlp, _char_span_problem, _doc_with_char_spans, _docs_from_records, _existing_file, _is_int, _json_lines,
-    _listed_spans_record,
+    _listed_spans_record, span_entries,
 )
 
 
@@ -119,14 +119,9 @@ def _token_spans(record: Dict[str, Any], n_words: int) -> Tuple[Optional[List[To
         fields = ("token_start", "token_end", "label")
     else:
         return None, []
-    if not isinstance(entries, list):
-        raise RecordError(f'"{name}" must be a list of objects with {", ".join(fields)}, got {entries!r}')
-    spans, errors = [], []
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and set(fields) <= entry.keys()):
-            errors.append(f"{name}[{i}] must be an object with {', '.join(fields)}, got {entry!r}")
-            continue
-        start, end, label = (entry[f] for f in fields)
+    spans: List[TokenSpan] = []
+    errors: List[str] = []
+    for i, entry, (start, end, label) in span_entries(entries, name, fields, errors):
         if not (_is_int(start) and _is_int(end)) or not isinstance(label, str) or not label.strip():
             errors.append(f"{name}[{i}] {entry!r}: token offsets must be integers and the label a non-empty string")
             continue
