@@ -199,6 +199,7 @@ VARIANTS: Dict[str, Tuple[str, Callable[[Config], None]]] = {
         "3x3 convolutions over (start, end), a score per type",
         setter(_gp_model, span_grid={"channels": 8, "depth": 2, "kernel": 3, "head_size": 16}),
     ),
+    "no_span_grid": ("the head without its span grid (configs/cpu.cfg has one)", setter(_gp_model, span_grid=None)),
     "boundary_smoothing": (
         "boundary smoothing: epsilon 0.2 shared among the spans 1 boundary step away",
         setter(_gp_component, boundary_smoothing=0.2, boundary_distance=1),

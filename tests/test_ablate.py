@@ -17,11 +17,12 @@ SCRIPT = REPO / "benchmarks" / "ablate.py"
 ablate = load_benchmark("ablate")
 
 
-# Variants that change nothing in cpu.cfg (head_size 32, SoftLexicon, one attention layer and
-# parameter averaging are already there) are checked on cpu_en.cfg, which has none of them.
+# Variants that change nothing in cpu.cfg (head_size 32, SoftLexicon, one attention layer,
+# parameter averaging and the span grid are already there) are checked on cpu_en.cfg, which has
+# none of them.
 BASE_CONFIGS = {
     name: "cpu_en.cfg"
-    for name in ("head_size_32", "soft_lexicon", "cnn_attention_1", "soft_lexicon_attention_1", "averages")
+    for name in ("head_size_32", "soft_lexicon", "cnn_attention_1", "soft_lexicon_attention_1", "averages", "span_grid")
 }
 
 
