@@ -476,16 +476,22 @@ def config_for(config: Path, code: Path) -> Path:
         return config
 
 
+# Settings of 0.2.0 whose default is what a checkout from before them does anyway.
+NEW_DEFAULT_SETTINGS = ("boundary_smoothing = 0.0", "boundary_distance = 1", "span_grid = null")
+
+
 def model_for(model: Path, code: Path, work: Path) -> Path:
-    """The model as `code` can load it: a copy whose config names spaCy's Tok2Vec.v2 where the
-    checkout has no chunked tok2vec (same layer tree, so the weights load unchanged)."""
+    """The model as `code` can load it: where the checkout has no chunked tok2vec, a copy whose
+    config names spaCy's Tok2Vec.v2 (same layer tree, so the weights load unchanged) and leaves
+    out the settings of 0.2.0 that are at their defaults."""
     config = (model / "config.cfg").read_text(encoding="utf8")
     if has_chunked_tok2vec(code) or CHUNKED_TOK2VEC not in config:
         return model
     copy = work / f"{model.name}_tok2vec_v2"
     if not copy.exists():
         shutil.copytree(model, copy)
-        lines = [line for line in config.splitlines() if not line.startswith("max_predict_tokens")]
+        lines = [line for line in config.splitlines()
+                 if not line.startswith("max_predict_tokens") and line.strip() not in NEW_DEFAULT_SETTINGS]
         text = "\n".join(lines).replace(f'"{CHUNKED_TOK2VEC}"', '"spacy.Tok2Vec.v2"') + "\n"
         (copy / "config.cfg").write_text(text, encoding="utf8")
     return copy
@@ -729,6 +735,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.child is not None:
         child_main(args.child)
         return {}
+    # The training runs work in --work (spaCy writes there), so every path must stand on its own.
+    for name in ("config", "dev", "train", "model", "work", "out"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
