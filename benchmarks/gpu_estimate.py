@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 # bert-base-chinese's config.json (the figures the estimate needs).
 BERT_BASE_CHINESE = {
