@@ -63,18 +63,7 @@ def nested_examples():
     return lambda nlp, key="sc": make_examples(nlp, key=key)
 
 
-# The test files that take longest (each trains pipelines in a module fixture or runs workflows
-# in subprocesses; `--durations=25` shows them), longest first. pytest-xdist's loadfile hands out
-# files in collection order, so these go first and the short files fill the workers in the end,
-# instead of one worker starting a long file when the other has nothing left to do.
-SLOW_FILES = ("test_compare.py", "test_cluener_training.py", "test_project.py", "test_annotate_ray.py",
-              "test_ablate.py", "test_benchmarks.py", "test_annotate_speed.py", "test_annotate.py",
-              "test_transformer.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    order = {name: rank for rank, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: order.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file kept
     try:
         import torch
 
