@@ -51,19 +51,13 @@ def test_long_docs_smoke(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 1000
 
 
-
-
-def _load_mixed_lengths():
-    return load_benchmark("mixed_lengths")
-
-
 def test_mixed_lengths_smoke(tmp_path, monkeypatch):
     """Every corpus and kind of measurement, end to end on tiny sizes. To keep it short, the
     measurements run in this process (one runs in its own, as the benchmark does) on a tiny
     trained pipeline, and `spacy train` runs for two steps."""
     from .tiny_pipeline import ZH_DATA, build_tiny
 
-    module = _load_mixed_lengths()
+    module = load_benchmark("mixed_lengths")
     out, work = tmp_path / "out", tmp_path / "work"
     nlp, examples, _ = build_tiny("zh", data=ZH_DATA, steps=10)
     work.mkdir()
@@ -122,7 +116,7 @@ def test_mixed_lengths_smoke(tmp_path, monkeypatch):
 
 
 def test_mixed_lengths_targets_compare_corpora_batch_sizes_and_checkouts():
-    module = _load_mixed_lengths()
+    module = load_benchmark("mixed_lengths")
 
     def infer(words_per_s, above_mb, peak_mb=1000.0):
         return {"words_per_s": words_per_s, "words_per_cpu_s": 2 * words_per_s, "above_baseline_mb": above_mb,
@@ -152,7 +146,7 @@ def test_mixed_lengths_targets_compare_corpora_batch_sizes_and_checkouts():
 
 
 def test_mixed_lengths_corpora_hold_the_asked_shares_of_long_docs():
-    module = _load_mixed_lengths()
+    module = load_benchmark("mixed_lengths")
     records = [(f"text{i:03d}" * 5, [(0, 4, "A")]) for i in range(50)]  # 35 characters each
     corpora = module.build_corpora(records, 200, 0.01, 2000, [(0.09, 300, 800), (0.01, 1500, 2000)], seed=0)
     lengths = {name: sorted(len(text) for text, _ in docs) for name, docs in corpora.items()}

@@ -181,19 +181,19 @@ def test_every_registered_name_the_docs_use_is_registered():
             assert any(spacy.registry.has(registry, name) for registry in registries), f"{path.name}: {name}"
 
 
-def project_outputs() -> Set[str]:
+def project_outputs(project: Dict) -> Set[str]:
     """The files and folders (and the folders above them) that project.yml's commands write."""
     written = set()
-    for command in srsly.read_yaml(REPO / "project.yml")["commands"]:
+    for command in project["commands"]:
         for output in command.get("outputs", []) + command.get("outputs_no_cache", []):
             parts = Path(output).parts
             written.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     return written
 
 
-def test_every_file_and_link_the_docs_name_exists():
+def test_every_file_and_link_the_docs_name_exists(project):
     anchors: Dict[Path, Set[str]] = {}
-    written = project_outputs()
+    written = project_outputs(project)
     for path in DOCS:
         text = path.read_text(encoding="utf8")
         for named in re.findall(r"`((?:configs|benchmarks|docs|spacy_globalpointer|assets|tests)/[\w./-]+)`", text):
